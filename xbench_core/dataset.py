@@ -1,0 +1,75 @@
+"""The base class of dataset plugins' objects.
+
+A dataset parses its annotations once, in `__init__`, into a list of entries; `annotation(i)` returns
+the i-th sample without its image (cheap, used by `xbench inspect` and by the engine to plan), and
+`__getitem__(i)` adds the decoded image (in a loader worker). Problems found while parsing (malformed
+rows, boxes clipped to the image, unknown labels) are collected in `problems`, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .types import Sample
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong in a dataset's files: where, and what to do about it."""
+
+    file: str
+    message: str
+    line: int | None = None
+    sample: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line is not None else "")
+        who = f" [{self.sample}]" if self.sample else ""
+        return f"{where}{who}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "sample": self.sample, "message": self.message}
+
+
+class Dataset:
+    """A dataset split: indexable samples with labels and regions in canonical finding ids.
+
+    Subclasses set `name`, `split`, `findings` and `problems`, and implement `__len__` and
+    `annotation`; `__getitem__` decodes `meta["path"]` with the core's image reader unless
+    `load_image` is overridden.
+    """
+
+    name: str = "dataset"
+    split: str = "test"
+    findings: tuple[str, ...] = ()
+    problems: list[Problem]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def annotation(self, index: int) -> Sample:
+        """The index-th sample with `image=None`; `meta` holds at least `path` (and `size` if known)."""
+        raise NotImplementedError
+
+    def load_image(self, sample: Sample) -> Any:
+        from .io.images import read_image
+
+        return read_image(sample.meta["path"], dataset=self.name)
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.annotation(index)
+        sample.image = self.load_image(sample)
+        return sample
+
+    def ids(self) -> list[str]:
+        return [self.annotation(i).id for i in range(len(self))]
+
+
+def require_file(path: Path, what: str, layout: str) -> Path:
+    """Return `path` if it exists, else raise a DataError that shows the expected layout."""
+    if not path.exists():
+        raise DataError(f"{what} not found: {path}\nExpected layout:\n{layout}")
+    return path

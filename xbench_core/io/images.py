@@ -1,0 +1,111 @@
+"""Image decoding: DICOM, PNG and JPEG to a float32 H x W array in [0, 1] at original resolution.
+
+DICOM: modality LUT (rescale slope and intercept), then the VOI LUT or window when the file has one,
+then MONOCHROME1 inverted, then scaled to [0, 1] by the stored bit range (or the window). Compressed
+transfer syntaxes decode through pydicom's pixel handlers (Pillow, pylibjpeg). PNG and JPEG of 8 or
+16 bits; colour and alpha channels are folded to gray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageReadError
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ""}
+
+
+def read_image(path: str | Path, *, dataset: str | None = None, voi_lut: bool = True) -> np.ndarray:
+    """Decode any supported image file; errors name the file and the dataset."""
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise FileNotFoundError("file does not exist")
+        if is_dicom(path):
+            return read_dicom(path, voi_lut=voi_lut)
+        return read_bitmap(path)
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        where = f" of dataset {dataset!r}" if dataset else ""
+        raise ImageReadError(
+            f"cannot decode image {path}{where}: {type(exc).__name__}: {exc}. "
+            "Check that the file is complete (re-download it) and in a supported format "
+            "(DICOM, PNG, JPEG)."
+        ) from exc
+
+
+def is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return head[128:132] == b"DICM"
+
+
+def read_dicom(path: Path, *, voi_lut: bool = True) -> np.ndarray:
+    """Decode a DICOM to [0, 1] float32, display-ready (LUTs applied, MONOCHROME1 inverted)."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(str(path), force=True)
+    if "PixelData" not in ds:
+        raise ValueError("the DICOM has no pixel data")
+    raw = ds.pixel_array
+    if raw.ndim == 3 and raw.shape[-1] in (3, 4) and ds.get("SamplesPerPixel", 1) > 1:
+        raw = raw[..., :3].mean(axis=-1)
+    elif raw.ndim == 3:  # multi-frame: the first frame
+        raw = raw[0]
+    arr = apply_modality_lut(raw, ds).astype(np.float64)
+    has_voi = voi_lut and ("VOILUTSequence" in ds or "WindowCenter" in ds)
+    if has_voi:
+        arr = apply_voi_lut(arr, ds).astype(np.float64)
+    lo, hi = _value_range(ds, arr, windowed=has_voi)
+    arr = np.clip((arr - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(arr)
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        arr = 1.0 - arr
+    return arr.astype(np.float32)
+
+
+def _value_range(ds: object, arr: np.ndarray, windowed: bool) -> tuple[float, float]:
+    # After a window the values span the window's output range; otherwise the stored bit depth
+    # (so that an image keeps its real contrast), falling back to the data range.
+    if windowed:
+        return float(arr.min()), float(arr.max())
+    bits = int(getattr(ds, "BitsStored", 0) or 0)
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    if bits and int(getattr(ds, "PixelRepresentation", 0)) == 0:
+        lo = intercept
+        hi = (2**bits - 1) * slope + intercept
+        if arr.min() >= min(lo, hi) and arr.max() <= max(lo, hi):
+            return min(lo, hi), max(lo, hi)
+    return float(arr.min()), float(arr.max())
+
+
+def read_bitmap(path: Path) -> np.ndarray:
+    """Decode PNG or JPEG (8 or 16 bit, gray, RGB or with alpha) to [0, 1] float32 gray."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        mode = img.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+            return np.clip(arr / top, 0, 1).astype(np.float32)
+        if mode == "F":
+            arr = np.asarray(img, dtype=np.float32)
+            return np.clip(arr, 0, 1)
+        if mode not in ("L", "RGB", "RGBA", "LA", "P", "1", "CMYK", "YCbCr"):
+            img = img.convert("RGB")
+        if mode in ("L", "1"):
+            arr = np.asarray(img.convert("L"), dtype=np.float32)
+        else:
+            rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+            arr = rgb.mean(axis=-1)
+        return arr / 255.0

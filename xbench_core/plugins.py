@@ -1,0 +1,208 @@
+"""The plugin manager: finds plugins through the `xbench` entry points, isolates broken ones, and
+collects the components they register into one `Registry`.
+
+Each entry point is loaded on its own: one that fails to import (or whose hook raises) is recorded
+as a failure and skipped, unless `strict`. Two components of one kind with the same name are an
+error naming both distributions. `XBENCH_PLUGINS` (comma-separated distribution names) allows only
+those; `XBENCH_DISABLE_PLUGINS` leaves those out. The core's own components are registered through
+the same hooks, from `xbench_core.builtin`.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError, PluginError
+from .types import DatasetSpec, ExplainerSpec, MetricSpec, ModelSpec
+
+KINDS = {
+    "datasets": ("xbench_register_datasets", DatasetSpec),
+    "models": ("xbench_register_models", ModelSpec),
+    "explainers": ("xbench_register_explainers", ExplainerSpec),
+    "metrics": ("xbench_register_metrics", MetricSpec),
+}
+BUILTIN = "xbench"
+ENTRY_POINT_GROUP = "xbench"
+
+
+@dataclass
+class Distribution:
+    """An installed distribution that provides XBench plugins."""
+
+    name: str
+    version: str
+    plugin: str  # the entry point's name (or "builtin")
+    components: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Failure:
+    """A plugin that could not be loaded or whose registration hook raised."""
+
+    plugin: str
+    distribution: str
+    error: str
+    detail: str = ""
+
+
+@dataclass
+class Registry:
+    """Every component registered by the loaded plugins, by kind and name."""
+
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    explainers: dict[str, ExplainerSpec] = field(default_factory=dict)
+    metrics: dict[str, MetricSpec] = field(default_factory=dict)
+    owners: dict[tuple[str, str], Distribution] = field(default_factory=dict)
+    distributions: list[Distribution] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    def get(self, kind: str, name: str) -> Any:
+        """A spec by kind and name; an unknown name suggests the closest and lists the rest."""
+        table: dict[str, Any] = getattr(self, kind)
+        if name in table:
+            return table[name]
+        import difflib
+
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        avail = ", ".join(sorted(table)) or "none"
+        fail = ""
+        if self.failures:
+            fail = " Some plugins failed to load: see `xbench plugins`."
+        raise ConfigError(
+            f"no {kind[:-1]} named {name!r}.{hint} Installed: {avail}. "
+            f"Install a plugin with `xbench install NAME`.{fail}"
+        )
+
+    def owner(self, kind: str, name: str) -> Distribution:
+        return self.owners[(kind, name)]
+
+
+_extra: list[tuple[Any, str]] = []  # plugins registered at run time (tests, notebooks)
+_cache: dict[bool, Registry] = {}
+
+
+def register_plugin(plugin: Any, name: str) -> None:
+    """Register an in-process plugin object (a module or class with hookimpls); for tests."""
+    _extra.append((plugin, name))
+    _cache.clear()
+
+
+def unregister_plugin(name: str) -> None:
+    _extra[:] = [(p, n) for p, n in _extra if n != name]
+    _cache.clear()
+
+
+def _names(var: str) -> set[str] | None:
+    raw = os.environ.get(var)
+    if raw is None:
+        return None
+    return {_norm(n) for n in raw.split(",") if n.strip()}
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def get_registry(strict: bool = False, refresh: bool = False) -> Registry:
+    """Load (once) every allowed plugin and return what they register."""
+    if refresh:
+        _cache.clear()
+    if strict not in _cache:
+        _cache[strict] = _load(strict)
+    return _cache[strict]
+
+
+def _load(strict: bool) -> Registry:
+    from . import builtin
+
+    pm = pluggy.PluginManager("xbench")
+    pm.add_hookspecs(hookspecs)
+    registry = Registry()
+    core = Distribution(BUILTIN, _version("xbench"), "builtin")
+    dists: dict[str, Distribution] = {"builtin": core}
+    pm.register(builtin, name="builtin")
+
+    allow, deny = _names("XBENCH_PLUGINS"), _names("XBENCH_DISABLE_PLUGINS")
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist_name = ep.dist.name if ep.dist is not None else ep.name
+        version = ep.dist.version if ep.dist is not None else "unknown"
+        if allow is not None and _norm(dist_name) not in allow and _norm(ep.name) not in allow:
+            continue
+        if deny is not None and (_norm(dist_name) in deny or _norm(ep.name) in deny):
+            continue
+        if pm.has_plugin(ep.name):
+            continue
+        try:
+            module = ep.load()
+            pm.register(module, name=ep.name)
+        except Exception as exc:
+            _fail(registry, strict, ep.name, dist_name, exc)
+            continue
+        dists[ep.name] = Distribution(dist_name, version, ep.name)
+    for plugin, name in _extra:
+        if not pm.has_plugin(name):
+            pm.register(plugin, name=name)
+            dists[name] = Distribution(name, "0+local", name)
+
+    for kind, (hook_name, spec_type) in KINDS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            dist = dists[impl.plugin_name]
+
+            def register(spec: Any, _kind: str = kind, _dist: Distribution = dist) -> None:
+                _add(registry, _kind, spec, _dist, spec_type)
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:
+                _fail(registry, strict, impl.plugin_name, dist.name, exc)
+    registry.distributions = list(dists.values())
+    pm.check_pending()
+    return registry
+
+
+def _add(registry: Registry, kind: str, spec: Any, dist: Distribution, spec_type: type) -> None:
+    if not isinstance(spec, spec_type):
+        raise PluginError(
+            f"plugin {dist.name!r} registered {type(spec).__name__} through the {kind} hook; "
+            f"expected {spec_type.__name__}"
+        )
+    table = getattr(registry, kind)
+    if spec.name in table:
+        other = registry.owners[(kind, spec.name)]
+        raise PluginError(
+            f"two {kind} are named {spec.name!r}: one from {other.name} {other.version}, one from "
+            f"{dist.name} {dist.version}. Uninstall one, or disable it with "
+            f"XBENCH_DISABLE_PLUGINS={dist.name}"
+        )
+    table[spec.name] = spec
+    registry.owners[(kind, spec.name)] = dist
+    dist.components.setdefault(kind, []).append(spec.name)
+
+
+def _fail(registry: Registry, strict: bool, plugin: str, dist: str, exc: BaseException) -> None:
+    message = f"{type(exc).__name__}: {exc}"
+    if strict:
+        raise PluginError(
+            f"plugin {plugin!r} from {dist} failed to load: {message} "
+            "(run without --strict-plugins to skip it)"
+        ) from exc
+    registry.failures.append(Failure(plugin, dist, message, traceback.format_exc()))
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,217 @@
+"""Data that crosses the boundary between the core and the plugins.
+
+Specs describe components (what `xbench list` shows without importing anything heavy); `Sample` is
+what a dataset yields; `ModelOutput` is what a model's forward pass returns.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import ConfigError, PluginError
+from .geometry import Geometry
+from .io.regions import Region
+
+__all__ = [
+    "Option",
+    "DatasetSpec",
+    "ModelSpec",
+    "ExplainerSpec",
+    "MetricSpec",
+    "Sample",
+    "ModelOutput",
+    "Region",
+    "Geometry",
+    "resolve_factory",
+]
+
+Factory = Callable[..., Any] | str
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a component accepts, with its type and default, validated before use.
+
+    `type` is one of str, int, float, bool, list, dict, or "path" (a str that names a file or folder).
+    A required option has no default.
+    """
+
+    name: str
+    type: Any = str
+    default: Any = None
+    help: str = ""
+    required: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def coerce(self, value: Any, owner: str) -> Any:
+        """Check and convert a value (from YAML or from `--set NAME.KEY=VALUE` text)."""
+        if value is None:
+            return None
+        kind = str if self.type == "path" else self.type
+        try:
+            if kind is bool and isinstance(value, str):
+                low = value.strip().lower()
+                if low not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                    raise ValueError(value)
+                value = low in {"1", "true", "yes", "on"}
+            elif kind is bool and not isinstance(value, bool):
+                raise ValueError(value)
+            elif kind in (int, float) and isinstance(value, bool):
+                raise ValueError(value)
+            elif kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            elif kind is list and isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            elif kind is dict and not isinstance(value, Mapping):
+                raise ValueError(value)
+            elif kind in (str, int, float):
+                value = kind(value)
+            elif kind is list and not isinstance(value, (list, tuple)):
+                raise ValueError(value)
+        except (TypeError, ValueError):
+            tname = "path" if self.type == "path" else getattr(self.type, "__name__", str(self.type))
+            raise ConfigError(
+                f"{owner}.{self.name} must be a {tname}, got {value!r}"
+                + (f" ({self.help})" if self.help else "")
+            ) from None
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(
+                f"{owner}.{self.name} must be one of {', '.join(map(str, self.choices))}; got {value!r}"
+            )
+        return value
+
+
+def resolve_factory(factory: Factory, owner: str) -> Callable[..., Any]:
+    """Import a lazy `"module:attr"` factory (or return a callable as it is)."""
+    if callable(factory):
+        return factory
+    module, _, attr = factory.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split(".") if attr else []:
+            obj = getattr(obj, part)
+    except Exception as exc:  # a broken plugin must not take the run down without saying which
+        raise PluginError(f"{owner}: cannot import factory {factory!r}: {exc}") from exc
+    return obj
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    summary: str
+    factory: Factory
+    options: tuple[Option, ...] = ()
+
+    def option(self, name: str) -> Option:
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        raise KeyError(name)
+
+    def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate options against the declaration: unknown keys suggest the closest one."""
+        import difflib
+
+        known = {o.name: o for o in self.options}
+        for key in given:
+            if key not in known:
+                close = difflib.get_close_matches(key, list(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                valid = ", ".join(sorted(known)) or "none"
+                raise ConfigError(
+                    f"{self.name}: unknown option {key!r}{hint} (valid options: {valid})"
+                )
+        out: dict[str, Any] = {}
+        for opt in self.options:
+            if opt.name in given and given[opt.name] is not None:
+                out[opt.name] = opt.coerce(given[opt.name], self.name)
+            elif opt.required:
+                raise ConfigError(
+                    f"{self.name}: option {opt.name!r} is required ({opt.help or 'no help'}); "
+                    f"set it in the config or with --set {self.name}.{opt.name}=VALUE"
+                )
+            else:
+                out[opt.name] = opt.default
+        return out
+
+    def build(self, **options: Any) -> Any:
+        """Import the factory and build the component with validated options."""
+        return resolve_factory(self.factory, self.name)(**self.resolve_options(options))
+
+
+@dataclass(frozen=True)
+class DatasetSpec(_Spec):
+    """A dataset: its findings (canonical ids) and splits; the factory takes `root`, `split`, options."""
+
+    findings: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ("test",)
+    default_split: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec(_Spec):
+    """A model: the kind of its native map and what it offers to explainers."""
+
+    map_kind: Literal["similarity", "cross_attention", "prior", "random"] = "similarity"
+    capabilities: frozenset[str] = frozenset()  # e.g. {"logits", "feature_layers"}
+    note: str = ""  # a caveat shown by `xbench list` and recorded in the manifest
+
+
+@dataclass(frozen=True)
+class ExplainerSpec(_Spec):
+    """An explainer: what it requires of a model (`ModelSpec.capabilities`) and whether it needs gradients."""
+
+    requires: frozenset[str] = frozenset()
+    needs_grad: bool = False
+
+
+@dataclass(frozen=True)
+class MetricSpec(_Spec):
+    """A metric over one finding's records: its kind, the row fields it fills, its direction."""
+
+    kind: Literal["grounding", "classification"] = "grounding"
+    fields: tuple[str, ...] = ()
+    higher_is_better: bool = True
+
+
+@dataclass
+class Sample:
+    """One image of a dataset with its labels and ground-truth regions (picklable).
+
+    `image` is H x W float32 in [0, 1] at original resolution (modality LUT, windowing and
+    MONOCHROME1 inversion applied). `labels` maps finding ids to 0 or 1; a finding absent from it
+    is unknown. `regions` maps finding ids to the region of an annotated positive.
+    """
+
+    dataset: str
+    id: str
+    image: np.ndarray | None
+    labels: dict[str, int] = field(default_factory=dict)
+    regions: dict[str, Region] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the original image."""
+        if self.image is not None:
+            return (int(self.image.shape[0]), int(self.image.shape[1]))
+        return tuple(self.meta["size"])  # type: ignore[return-value]
+
+
+@dataclass
+class ModelOutput:
+    """What a model's forward pass returns, on the device.
+
+    `scores` [B, C] are probabilities in [0, 1] for the C queried findings; `maps` holds
+    {kind: [B, C, gh, gw]} in the model-input frame (the frame its Geometry describes).
+    `extras` may carry anything an explainer of the same plugin wants (features, attention).
+    """
+
+    scores: Any
+    maps: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
