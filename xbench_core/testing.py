@@ -1,0 +1,284 @@
+"""Test support for plugin authors: conformance suites, a throwaway-plugin fixture, tiny text
+encoders and official-layout checkpoints with random weights.
+
+A plugin's tests subclass a suite and provide one fixture:
+
+    class TestMyDataset(DatasetPluginTests):
+        name = "my-dataset"
+
+        @pytest.fixture(scope="class")
+        def dataset(self, tmp_path_factory):
+            root = write_fixture(tmp_path_factory.mktemp("data"))
+            return get_registry().datasets["my-dataset"].build(root=str(root))
+
+`ModelPluginTests` wants a `model` fixture (random weights, CPU), `ExplainerPluginTests` an
+`explainer` and a `model`, `MetricPluginTests` a `metric`.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from .dataset import Dataset
+from .findings import BY_ID
+from .geometry import Geometry
+from .model import Model
+from .plugins import get_registry, register_plugin, unregister_plugin
+from .text import generated_vocabulary, write_bert_folder
+from .types import Sample
+
+__all__ = [
+    "DatasetPluginTests",
+    "ModelPluginTests",
+    "ExplainerPluginTests",
+    "MetricPluginTests",
+    "temporary_plugin",
+    "write_bert_folder",
+    "generated_vocabulary",
+    "save_official_checkpoint",
+    "compare_with_key_listing",
+    "realdata",
+]
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def realdata(*parts: str) -> Path:
+    """A path under `../shared/realdata/`; skips the test when it is absent (a user's clone)."""
+    path = SHARED.joinpath("realdata", *parts)
+    if not path.exists():
+        pytest.skip(f"real data {path} not present (only in the project's CI checkout)")
+    return path
+
+
+def reference(*parts: str) -> Path:
+    """A path under `../shared/reference/`; skips the test when it is absent."""
+    path = SHARED.joinpath("reference", *parts)
+    if not path.exists():
+        pytest.skip(f"reference file {path} not present")
+    return path
+
+
+class temporary_plugin:  # noqa: N801 - used as a context manager and a decorator-like helper
+    """Register an in-process plugin for the duration of a `with` block."""
+
+    def __init__(self, plugin: Any, name: str = "test-plugin") -> None:
+        self.plugin, self.name = plugin, name
+
+    def __enter__(self) -> Any:
+        register_plugin(self.plugin, self.name)
+        return get_registry()
+
+    def __exit__(self, *exc: object) -> None:
+        unregister_plugin(self.name)
+
+
+def save_official_checkpoint(
+    state_dict: Mapping[str, Any],
+    path: str | Path,
+    *,
+    container: str | None = None,
+    prefix: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save tensors the way an official release wraps them: `{container: {prefix + key: tensor}}`
+    plus extra top-level entries (optimizer state, configs, epoch)."""
+    import torch
+
+    tensors = {prefix + k: v for k, v in state_dict.items()}
+    obj: dict[str, Any] = {container: tensors} if container else dict(tensors)
+    obj.update(extra or {})
+    path = Path(path)
+    torch.save(obj, path)
+    return path
+
+
+def compare_with_key_listing(state_dict: Mapping[str, Any], listing: Path) -> tuple[list, list, list]:
+    """(missing, unexpected, wrong-shape) keys of a state_dict against an official JSON listing."""
+    import json
+
+    official = json.loads(Path(listing).read_text())
+    if "keys" in official and isinstance(official["keys"], dict):
+        official = official["keys"]
+    ours = {k: list(v.shape) for k, v in state_dict.items()}
+    missing = sorted(set(official) - set(ours))
+    unexpected = sorted(set(ours) - set(official))
+    shapes = sorted(k for k in set(ours) & set(official) if list(official[k]) != ours[k])
+    return missing, unexpected, shapes
+
+
+# ---------------------------------------------------------------------------------------------
+class DatasetPluginTests:
+    """Conformance suite for dataset plugins. Provide `name` and a `dataset` fixture."""
+
+    name: str = ""
+
+    @pytest.fixture(scope="class")
+    def dataset(self) -> Dataset:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def test_registered(self) -> None:
+        spec = get_registry().datasets[self.name]
+        assert spec.summary and all(f in BY_ID for f in spec.findings)
+
+    def test_not_empty_and_ids_unique(self, dataset: Dataset) -> None:
+        assert len(dataset) > 0
+        ids = [dataset.annotation(i).id for i in range(len(dataset))]
+        assert len(set(ids)) == len(ids)
+        assert ids == [dataset.annotation(i).id for i in range(len(dataset))]
+
+    def test_annotation_is_cheap_and_canonical(self, dataset: Dataset) -> None:
+        for i in range(min(len(dataset), 20)):
+            s = dataset.annotation(i)
+            assert s.image is None and "path" in s.meta
+            assert set(s.labels) <= set(BY_ID)
+            assert all(v in (0, 1) for v in s.labels.values())
+            for finding in s.regions:
+                assert s.labels.get(finding) == 1, f"{s.id}: region for a non-positive {finding}"
+
+    def test_items_decode(self, dataset: Dataset) -> None:
+        for i in range(min(len(dataset), 4)):
+            s = dataset[i]
+            assert isinstance(s, Sample) and s.image is not None
+            assert s.image.ndim == 2 and s.image.dtype == np.float32
+            assert 0.0 <= float(s.image.min()) and float(s.image.max()) <= 1.0
+            for region in s.regions.values():
+                assert tuple(region.size) == s.image.shape
+                assert region.rasterize().any(), f"{s.id}: empty region"
+            pickle.loads(pickle.dumps(s))
+
+
+class ModelPluginTests:
+    """Conformance suite for model plugins. Provide `name`, a `model` fixture (random weights on
+    the CPU) and optionally `findings` to query."""
+
+    name: str = ""
+    findings: tuple[str, ...] = ("pneumonia", "pleural_effusion", "pneumothorax")
+    image_size: tuple[int, int] = (300, 260)
+
+    @pytest.fixture(scope="class")
+    def model(self) -> Model:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _batch(self, model: Model, n: int) -> tuple[Any, list[Geometry]]:
+        import torch
+
+        rng = np.random.default_rng(0)
+        tensors, geoms = [], []
+        for _ in range(n):
+            pixels, geom = model.preprocess(rng.random(self.image_size, dtype=np.float32))
+            tensors.append(torch.as_tensor(pixels))
+            geoms.append(geom)
+        return torch.stack(tensors), geoms
+
+    def _supported(self, model: Model) -> list[str]:
+        found = [f for f in self.findings if model.supports(f)]
+        assert found, "the model supports none of the test findings"
+        return found
+
+    def test_registered(self) -> None:
+        spec = get_registry().models[self.name]
+        assert spec.summary
+
+    def test_preprocess_geometry(self, model: Model) -> None:
+        pixels, geom = model.preprocess(np.zeros(self.image_size, np.float32))
+        assert isinstance(geom, Geometry)
+        assert tuple(pixels.shape[-2:]) == tuple(geom.input_size)
+        assert tuple(geom.original_size) == self.image_size
+
+    def test_forward_shapes_and_ranges(self, model: Model) -> None:
+        import torch
+
+        findings = self._supported(model)
+        pixels, _ = self._batch(model, 2)
+        with torch.inference_mode():
+            queries = model.encode_queries(findings)
+            out = model.forward(pixels, queries)
+        assert tuple(out.scores.shape) == (2, len(findings))
+        assert float(out.scores.min()) >= 0.0 and float(out.scores.max()) <= 1.0
+        assert out.maps, "no native map"
+        for kind, maps in out.maps.items():
+            assert maps.shape[:2] == (2, len(findings)), kind
+            assert maps.ndim == 4 and torch.isfinite(maps).all()
+
+    def test_batch_independence_and_determinism(self, model: Model) -> None:
+        import torch
+
+        findings = self._supported(model)
+        pixels, _ = self._batch(model, 3)
+        with torch.inference_mode():
+            queries = model.encode_queries(findings)
+            whole = model.forward(pixels, queries)
+            again = model.forward(pixels, queries)
+            first = model.forward(pixels[:1], queries)
+        torch.testing.assert_close(whole.scores, again.scores)
+        torch.testing.assert_close(whole.scores[:1], first.scores, rtol=1e-4, atol=1e-5)
+        for kind in whole.maps:
+            torch.testing.assert_close(whole.maps[kind][:1], first.maps[kind], rtol=1e-4, atol=1e-5)
+
+    def test_unsupported_findings_are_not_scored(self, model: Model) -> None:
+        assert not model.supports("definitely_not_a_finding")
+
+
+class ExplainerPluginTests:
+    """Conformance suite for explainers. Provide `name`, an `explainer` and a `model` fixture."""
+
+    name: str = ""
+
+    @pytest.fixture(scope="class")
+    def explainer(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @pytest.fixture(scope="class")
+    def model(self) -> Model:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def test_registered(self) -> None:
+        assert get_registry().explainers[self.name].summary
+
+    def test_maps_on_the_model_grid(self, explainer: Any, model: Model) -> None:
+        import torch
+
+        findings = [f for f in model.queries][:2]
+        rng = np.random.default_rng(0)
+        pixels = torch.stack(
+            [torch.as_tensor(model.preprocess(rng.random((64, 64), dtype=np.float32))[0]) for _ in range(2)]
+        )
+        queries = model.encode_queries(findings)
+        with torch.inference_mode():
+            out = model.forward(pixels, queries)
+        maps = explainer.explain(model, pixels, queries, out)
+        assert maps.shape[:2] == (2, len(findings)) and maps.ndim == 4
+        assert torch.isfinite(maps).all()
+
+
+class MetricPluginTests:
+    """Conformance suite for metrics. Provide `name` and a `metric` fixture."""
+
+    name: str = ""
+
+    @pytest.fixture(scope="class")
+    def metric(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def test_registered(self) -> None:
+        spec = get_registry().metrics[self.name]
+        assert spec.fields and spec.kind in ("grounding", "classification")
+
+    def test_fields(self, metric: Any) -> None:
+        from .metrics.aggregate import FindingData
+
+        spec = get_registry().metrics[self.name]
+        data = FindingData.synthetic(seed=0)
+        values = metric(data)
+        assert set(values) == set(spec.fields)
+
+
+def iter_findings() -> Iterator[str]:
+    yield from BY_ID
