@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from xbench_core.geometry import Geometry
 from xbench_core.grounding import (
     THRESHOLDS,
+    _stats_torch,
     grounding_stats,
     naive_counts,
     normalize,
@@ -19,6 +20,10 @@ from xbench_core.grounding import (
 
 def _check(values: np.ndarray, region: np.ndarray) -> None:
     stats = grounding_stats(torch.from_numpy(values)[None], torch.from_numpy(region)[None])
+    # the accelerator path (torch ops), run here on the CPU, must agree with the numpy path
+    other = _stats_torch(torch.from_numpy(values)[None], torch.from_numpy(region)[None])
+    for name in ("hits_all", "hits_region", "region_pixels", "pointing_game", "ebpg", "constant"):
+        np.testing.assert_array_equal(getattr(stats, name).numpy(), getattr(other, name).numpy())
     hits_all, hits_region = naive_counts(values, region)
     np.testing.assert_array_equal(stats.hits_all[0].numpy(), hits_all)
     np.testing.assert_array_equal(stats.hits_region[0].numpy(), hits_region)
@@ -64,9 +69,9 @@ def test_bins_match_comparisons_at_every_threshold_neighbour() -> None:
         [THRESHOLDS, np.nextafter(THRESHOLDS, np.float32(2)), np.nextafter(THRESHOLDS, np.float32(-1))]
     ).astype(np.float32)
     vals = np.clip(vals, 0, 1)
-    bins = threshold_bins(torch.from_numpy(vals)).numpy()
     expect = np.array([np.flatnonzero(v >= THRESHOLDS).max() for v in vals])
-    np.testing.assert_array_equal(bins, expect)
+    np.testing.assert_array_equal(threshold_bins(torch.from_numpy(vals)).numpy(), expect)
+    np.testing.assert_array_equal(threshold_bins(vals), expect)
 
 
 def test_realistic_map_and_batch() -> None:
@@ -127,3 +132,21 @@ def test_eval_frame_matches_bilinear_upsampling_for_squash() -> None:
     out = to_eval_frame(m, geom, (50, 30))
     ref = torch.nn.functional.interpolate(m[None], size=(50, 30), mode="bilinear", align_corners=False)[0]
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_frame_matches_grid_sample_for_letterbox() -> None:
+    rng = np.random.default_rng(4)
+    m = torch.from_numpy(rng.random((3, 14, 14), dtype=np.float32))
+    geom = Geometry.letterbox_crop((300, 180), 256, 224)
+    he, we = 150, 90
+    out = to_eval_frame(m, geom, (he, we))
+    gy, gx = geom.sampling_grid((he, we))
+    grid = torch.stack(
+        [torch.from_numpy(gx).float().view(1, we).expand(he, we), torch.from_numpy(gy).float().view(he, 1).expand(he, we)], -1
+    )[None]
+    ref = torch.nn.functional.grid_sample(m[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    inside = torch.from_numpy((np.abs(gy)[:, None] <= 1) & (np.abs(gx)[None, :] <= 1))
+    torch.testing.assert_close(out[:, inside], ref[:, inside], rtol=1e-5, atol=1e-5)
+    low = m.flatten(1).amin(1)
+    for f in range(3):
+        assert torch.all(out[f][~inside] == low[f])

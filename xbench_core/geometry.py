@@ -122,7 +122,7 @@ def resize(image: np.ndarray, size: Size, method: str = "bilinear") -> np.ndarra
         return image.astype(np.float32, copy=False)
     pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
     out = pil.resize((size[1], size[0]), resample=_PIL_METHODS[method])
-    return np.asarray(out, dtype=np.float32)
+    return np.array(out, dtype=np.float32)  # writable: torch.from_numpy wants it
 
 
 def squash(image: np.ndarray, size: Size, method: str = "bilinear") -> tuple[np.ndarray, Geometry]:

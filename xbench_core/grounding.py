@@ -74,29 +74,42 @@ class GroundingStats:
         return out
 
 
+def interpolation_matrix(coords: np.ndarray, cells: int) -> np.ndarray:
+    """Bilinear weights [len(coords), cells] of `grid_sample(align_corners=False, padding="border")`
+    at normalized coordinates `coords` over a 1-D grid of `cells` cells."""
+    p = np.clip(((coords + 1.0) * cells - 1.0) / 2.0, 0.0, cells - 1.0)
+    i0 = np.floor(p).astype(np.int64)
+    i1 = np.minimum(i0 + 1, cells - 1)
+    w1 = p - i0
+    out = np.zeros((len(coords), cells), np.float64)
+    rows = np.arange(len(coords))
+    np.add.at(out, (rows, i0), 1.0 - w1)
+    np.add.at(out, (rows, i1), w1)
+    return out.astype(np.float32)
+
+
 def to_eval_frame(maps: Any, geometry: Geometry, eval_size: tuple[int, int]) -> Any:
-    """Map [F, gh, gw] input-frame maps to [F, He, We] in the eval frame (bilinear)."""
+    """Map [F, gh, gw] input-frame maps to [F, He, We] in the eval frame (bilinear).
+
+    The geometries are axis-aligned, so bilinear sampling is separable: two small matrix products
+    (rows x grid, grid x columns) instead of a per-pixel gather, on whatever device the maps are.
+    """
     import torch
-    import torch.nn.functional as F
 
     maps = maps.float()
     gy, gx = geometry.sampling_grid(eval_size)
-    dev = maps.device
-    ty = torch.as_tensor(gy, dtype=torch.float32, device=dev)
-    tx = torch.as_tensor(gx, dtype=torch.float32, device=dev)
-    he, we = eval_size
-    grid = torch.stack(
-        [tx.view(1, we).expand(he, we), ty.view(he, 1).expand(he, we)], dim=-1
-    ).unsqueeze(0)
-    out = F.grid_sample(
-        maps.unsqueeze(0), grid, mode="bilinear", padding_mode="border", align_corners=False
-    )[0]
-    outside_rows = (ty.abs() > 1).view(he, 1)
-    outside_cols = (tx.abs() > 1).view(1, we)
-    outside = outside_rows | outside_cols
-    if bool(outside.any()):
-        low = maps.flatten(1).amin(dim=1).view(-1, 1, 1)
-        out = torch.where(outside.unsqueeze(0), low.expand_as(out), out)
+    _, gh, gw = maps.shape
+    wy = torch.from_numpy(interpolation_matrix(gy, gh)).to(maps.device)
+    wx = torch.from_numpy(interpolation_matrix(gx, gw)).to(maps.device)
+    out = torch.matmul(wy, torch.matmul(maps, wx.T))
+    outside_rows = np.abs(gy) > 1
+    outside_cols = np.abs(gx) > 1
+    if outside_rows.any() or outside_cols.any():
+        low = maps.flatten(1).amin(dim=1)
+        rows = torch.from_numpy(np.flatnonzero(outside_rows)).to(maps.device)
+        cols = torch.from_numpy(np.flatnonzero(outside_cols)).to(maps.device)
+        out[:, rows, :] = low.view(-1, 1, 1)
+        out[:, :, cols] = low.view(-1, 1, 1)
     return out
 
 
@@ -114,44 +127,96 @@ def normalize(maps: Any) -> tuple[Any, Any]:
     return out.view_as(maps).clamp_(0.0, 1.0), constant
 
 
+# The thresholds with a sentinel above 1, so that "value >= next threshold" needs no bounds check.
+_PADDED = np.concatenate([THRESHOLDS, np.array([2.0], np.float32)])
+
+
 def threshold_bins(values: Any) -> Any:
-    """For each value in [0, 1], the largest k with value >= THRESHOLDS[k] (int64, same shape)."""
+    """For each value in [0, 1], the largest k with value >= THRESHOLDS[k] (numpy or torch, same shape)."""
+    if isinstance(values, np.ndarray):
+        k = (values * np.float32(100)).astype(np.intp)
+        np.clip(k, 0, N_THRESHOLDS - 1, out=k)
+        # floor(v * 100) can be one off next to a threshold: correct it by exact comparison
+        k -= values < _PADDED[k]
+        k += values >= _PADDED[k + 1]
+        return k
     import torch
 
-    thr = torch.as_tensor(THRESHOLDS, device=values.device)
+    thr = torch.as_tensor(_PADDED, device=values.device)
     k = (values * 100).to(torch.int64).clamp_(0, N_THRESHOLDS - 1)
-    # floor(v * 100) can be one off next to a threshold: correct it by exact comparison
-    k = k - (values < thr[k]).to(torch.int64)
-    up = (k + 1).clamp_(max=N_THRESHOLDS - 1)
-    k = k + ((k < N_THRESHOLDS - 1) & (values >= thr[up])).to(torch.int64)
-    return k.clamp_(min=0)
+    k -= (values < thr[k]).to(torch.int64)
+    k += (values >= thr[k + 1]).to(torch.int64)
+    return k
 
 
 def grounding_stats(maps: Any, masks: Any, *, normalized: bool = True) -> GroundingStats:
-    """Statistics of N normalized maps [N, H, W] against boolean region masks [N, H, W]."""
+    """Statistics of N maps [N, H, W] (normalized to [0, 1] unless `normalized=False`) against
+    boolean region masks [N, H, W]. Runs in numpy for CPU tensors (faster there) and in torch on
+    accelerators; both give the same counts."""
     import torch
 
     if not normalized:
-        maps, constant = normalize(maps)
-    else:
-        flat = maps.flatten(1)
-        constant = flat.amax(dim=1) <= flat.amin(dim=1)
+        maps, _ = normalize(maps)
+    if maps.device.type == "cpu":
+        return _stats_numpy(maps.detach().float().numpy(), masks.detach().bool().numpy())
+    return _stats_torch(maps.float(), masks.bool())
+
+
+def _stats_numpy(maps: np.ndarray, masks: np.ndarray) -> GroundingStats:
+    import torch
+
     n = maps.shape[0]
-    values = maps.reshape(n, -1).float()
-    region = masks.reshape(n, -1).bool()
+    hits_all = np.empty((n, N_THRESHOLDS), np.int64)
+    hits_region = np.empty((n, N_THRESHOLDS), np.int64)
+    region_px = np.empty(n, np.int64)
+    pointing = np.empty(n, np.float64)
+    ebpg = np.empty(n, np.float64)
+    constant = np.empty(n, bool)
+    total = maps[0].size if n else 0
+    for i in range(n):
+        v = maps[i].reshape(-1)
+        r = masks[i].reshape(-1)
+        k = threshold_bins(v)
+        counts = np.bincount(k, minlength=N_THRESHOLDS)
+        inside = k[r]
+        counts_r = np.bincount(inside, minlength=N_THRESHOLDS)
+        hits_all[i] = np.cumsum(counts[::-1])[::-1]
+        hits_region[i] = np.cumsum(counts_r[::-1])[::-1]
+        region_px[i] = inside.size
+        peak, low = v.max(), v.min()
+        constant[i] = peak <= low
+        ties = v == peak
+        n_ties = np.count_nonzero(ties)
+        pointing[i] = np.count_nonzero(ties & r) / n_ties
+        mass = float(v.sum(dtype=np.float64))
+        ebpg[i] = float(v[r].sum(dtype=np.float64)) / mass if mass > 0 else inside.size / total
+    t = torch.from_numpy
+    return GroundingStats(
+        t(hits_all), t(hits_region), t(region_px), torch.full((n,), total, dtype=torch.int64),
+        t(pointing), t(ebpg), t(constant),
+    )
+
+
+def _stats_torch(maps: Any, masks: Any) -> GroundingStats:
+    import torch
+
+    n = maps.shape[0]
+    values = maps.reshape(n, -1)
+    region = masks.reshape(n, -1)
     bins = threshold_bins(values)
     offsets = torch.arange(n, device=values.device).view(n, 1) * N_THRESHOLDS
     flat_bins = (bins + offsets).view(-1)
     counts_all = torch.bincount(flat_bins, minlength=n * N_THRESHOLDS).view(n, N_THRESHOLDS)
-    counts_region = torch.bincount(
-        flat_bins[region.view(-1)], minlength=n * N_THRESHOLDS
-    ).view(n, N_THRESHOLDS)
+    counts_region = torch.bincount(flat_bins[region.view(-1)], minlength=n * N_THRESHOLDS).view(
+        n, N_THRESHOLDS
+    )
     # counts >= tau_k: reverse cumulative sums over the bins
     hits_all = counts_all.flip(1).cumsum(1).flip(1)
     hits_region = counts_region.flip(1).cumsum(1).flip(1)
     region_pixels = region.sum(1)
     total = torch.full((n,), values.shape[1], dtype=torch.int64, device=values.device)
     peak = values.amax(dim=1, keepdim=True)
+    constant = peak.squeeze(1) <= values.amin(dim=1)
     ties = values == peak
     pointing = (ties & region).sum(1).double() / ties.sum(1).double()
     mass = values.double().sum(1)

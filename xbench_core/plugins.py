@@ -63,6 +63,7 @@ class Registry:
     owners: dict[tuple[str, str], Distribution] = field(default_factory=dict)
     distributions: list[Distribution] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    observers: dict[str, list[Any]] = field(default_factory=dict)  # run hooks, by hook name
 
     def get(self, kind: str, name: str) -> Any:
         """A spec by kind and name; an unknown name suggests the closest and lists the rest."""
@@ -167,6 +168,9 @@ def _load(strict: bool) -> Registry:
                 raise
             except Exception as exc:
                 _fail(registry, strict, impl.plugin_name, dist.name, exc)
+    for hook_name in ("xbench_run_started", "xbench_run_finished"):
+        impls = getattr(pm.hook, hook_name).get_hookimpls()
+        registry.observers[hook_name] = [i.function for i in reversed(impls)]
     registry.distributions = list(dists.values())
     pm.check_pending()
     return registry

@@ -1,0 +1,90 @@
+"""The core's own components, registered through the same hooks as any plugin: the `phantom`
+dataset, the `random` and `center` baselines, the `native` explainer and the built-in metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..hookspecs import hookimpl
+from ..types import DatasetSpec, ExplainerSpec, MetricSpec, ModelSpec, Option
+
+
+@hookimpl
+def xbench_register_datasets(register: Callable[[Any], None]) -> None:
+    register(
+        DatasetSpec(
+            name="phantom",
+            summary="Synthetic chest-radiograph-like images with six findings and exact masks (built in, no download)",
+            factory="xbench_core.builtin.phantom:Phantom",
+            findings=("nodule", "mass", "consolidation", "pleural_effusion", "pneumothorax", "cardiomegaly"),
+            splits=("test",),
+            options=(
+                Option("size", int, 200, "number of images"),
+                Option("seed", int, 0, "generator seed: image i depends only on (seed, i)"),
+                Option("resolution", int, 512, "image side in pixels"),
+                Option("split", str, "test", "the only split", choices=("test",)),
+            ),
+        )
+    )
+
+
+@hookimpl
+def xbench_register_models(register: Callable[[Any], None]) -> None:
+    register(
+        ModelSpec(
+            name="random",
+            summary="Chance reference: random maps and scores, seeded by image content",
+            factory="xbench_core.builtin.baselines:RandomBaseline",
+            map_kind="random",
+            options=(Option("seed", int, 0, "seed of the random maps and scores"),),
+        )
+    )
+    register(
+        ModelSpec(
+            name="center",
+            summary="Prior reference: a centered Gaussian map and a constant score 0.5",
+            factory="xbench_core.builtin.baselines:CenterBaseline",
+            map_kind="prior",
+            options=(Option("sigma", float, 0.25, "Gaussian width as a fraction of the image side"),),
+        )
+    )
+
+
+@hookimpl
+def xbench_register_explainers(register: Callable[[Any], None]) -> None:
+    register(
+        ExplainerSpec(
+            name="native",
+            summary="The model's own map: similarity (dual encoders) or cross-attention (fusion models)",
+            factory="xbench_core.builtin.baselines:NativeExplainer",
+        )
+    )
+
+
+def _metric(name: str) -> Callable[[], Any]:
+    def factory() -> Any:
+        from ..metrics import builtin
+
+        return getattr(builtin, name)
+
+    factory.__name__ = f"{name}_factory"
+    return factory
+
+
+_METRICS = (
+    ("pointing_game", "grounding", ("pointing_game",), "Share of maps whose peak lies in the region (ties shared)"),
+    ("ebpg", "grounding", ("ebpg",), "Energy-based pointing game: share of the map's mass in the region"),
+    ("dice", "grounding", ("dice_fixed", "dice_best", "best_threshold"), "Dice at the fixed and at the best threshold"),
+    ("iou", "grounding", ("iou_fixed", "iou_best"), "IoU at the fixed threshold and at the best-Dice threshold"),
+    ("auroc", "classification", ("auroc",), "Area under the ROC curve"),
+    ("auprc", "classification", ("auprc",), "Area under the precision-recall curve (average precision)"),
+    ("f1", "classification", ("f1", "f1_best", "f1_best_threshold"), "F1 at 0.5 and at the best-F1 threshold"),
+    ("accuracy", "classification", ("accuracy", "accuracy_best"), "Accuracy at 0.5 and at the best-F1 threshold"),
+)
+
+
+@hookimpl
+def xbench_register_metrics(register: Callable[[Any], None]) -> None:
+    for name, kind, fields, summary in _METRICS:
+        register(MetricSpec(name=name, summary=summary, factory=_metric(name), kind=kind, fields=fields))

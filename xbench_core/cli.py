@@ -1,0 +1,280 @@
+"""The `xbench` command line. Imports stay lazy so that `xbench list` and `--help` are fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+KINDS = ("datasets", "models", "explainers", "metrics")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xbench",
+        description="Does a chest X-ray vision-language model look where the disease is?",
+    )
+    p.add_argument("--strict-plugins", action="store_true", help="a plugin that fails to load is fatal")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="evaluate models on datasets (default: phantom with the baselines)")
+    r.add_argument("-c", "--config", help="YAML config file")
+    r.add_argument("--datasets", help="comma-separated dataset names (overrides the config)")
+    r.add_argument("--models", help="comma-separated model names (overrides the config)")
+    r.add_argument("--explainers", help="comma-separated explainer names (default native)")
+    r.add_argument("--metrics", help="comma-separated metric names (default all)")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME.KEY=VALUE",
+                   help="set an option of a dataset or model, e.g. medklip.checkpoint=/w/ckpt.pth")
+    r.add_argument("--out", help="run directory (default runs/<datasets>__<models>)")
+    r.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    r.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--workers", type=int)
+    r.add_argument("--limit", type=int, help="only the first N images of each dataset (by sorted id)")
+    r.add_argument("--eval-size", type=int, help="cap the eval frame's long side (pixels)")
+    r.add_argument("--shard", help="i/N: evaluate only shard i of N (job arrays); merge with `xbench merge`")
+    r.add_argument("--fail-fast", action="store_true", help="stop at the first per-sample error")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    r.add_argument("--quiet", action="store_true", help="no progress bars and no table")
+
+    rep = sub.add_parser("report", help="rebuild results.json (and the report) from a run's records")
+    rep.add_argument("runs", nargs="+", help="run directories")
+    rep.add_argument("--out", help="write the merged report here (default: the first run)")
+    rep.add_argument("--quiet", action="store_true")
+
+    m = sub.add_parser("merge", help="aggregate all shards of a run; report missing samples")
+    m.add_argument("run")
+
+    ls = sub.add_parser("list", help="installed datasets, models, explainers and metrics")
+    ls.add_argument("kind", nargs="?", choices=KINDS)
+    ls.add_argument("--json", action="store_true")
+
+    pl = sub.add_parser("plugins", help="installed plugin distributions, their components and failures")
+    pl.add_argument("--json", action="store_true")
+
+    ins = sub.add_parser("install", help="pip-install a plugin: `xbench install devide`")
+    ins.add_argument("names", nargs="+")
+
+    v = sub.add_parser("validate", help="check a config file without running it")
+    v.add_argument("config")
+
+    cv = sub.add_parser("convert", help="write a checkpoint's tensors as plain safetensors")
+    cv.add_argument("checkpoint")
+    cv.add_argument("out")
+    cv.add_argument("--container", help="key (or dotted path) of the state_dict inside the file")
+    cv.add_argument("--strip-prefix", action="append", default=[])
+
+    ip = sub.add_parser("inspect", help="count a dataset's images, labels and regions; list problems")
+    ip.add_argument("dataset")
+    ip.add_argument("--root", help="where the dataset lives")
+    ip.add_argument("--split")
+    ip.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ip.add_argument("--skip-images", action="store_true", help="open no image file (labels only)")
+    ip.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 0
+    from .errors import XBenchError
+
+    try:
+        return int(globals()[f"cmd_{args.command}"](args) or 0)
+    except XBenchError as exc:
+        print(f"xbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xbench: interrupted; finished records are on disk, run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from .plugins import get_registry
+
+    return get_registry(strict=getattr(args, "strict_plugins", False))
+
+
+def _split(text: str | None) -> list[dict[str, Any]] | None:
+    return None if not text else [{"name": n.strip()} for n in text.split(",") if n.strip()]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .engine.config import build_config, load_yaml
+    from .engine.distributed import launch
+
+    registry = _registry(args)
+    data = load_yaml(args.config) if args.config else {}
+    if args.datasets:
+        data["datasets"] = _merge_components(data.get("datasets"), _split(args.datasets))
+    if args.models:
+        data["models"] = _merge_components(data.get("models"), _split(args.models))
+    overrides = {
+        "explainers": args.explainers,
+        "metrics": args.metrics,
+        "out": args.out,
+        "device": args.device,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "limit": args.limit,
+        "fail_fast": True if args.fail_fast else None,
+    }
+    if args.eval_size is not None:
+        data["grounding"] = {**(data.get("grounding") or {}), "eval_size": args.eval_size}
+    cfg = build_config(data, registry, overrides=overrides, sets=args.sets)
+    return launch(cfg, registry, shard=args.shard, overwrite=args.overwrite, quiet=args.quiet)
+
+
+def _merge_components(existing: Any, chosen: list[dict[str, Any]] | None) -> Any:
+    """--datasets/--models select by name; options of the same names in the config are kept."""
+    if not chosen:
+        return existing
+    known = {}
+    for item in existing or []:
+        item = {"name": item} if isinstance(item, str) else item
+        known[item["name"]] = item
+    return [known.get(c["name"], c) for c in chosen]
+
+
+def print_summary(results: dict[str, Any], store: Any, info: dict[str, Any] | None = None) -> None:
+    from .engine.session import format_table
+
+    print(format_table(results))
+    print()
+    errs = results.get("errors", [])
+    if errs:
+        print(f"{len(errs)} per-sample errors (first 10; all in results.json):")
+        for e in errs[:10]:
+            print(f"  {e['dataset']}/{e['model']}/{e['explainer']} {e['id']} {e.get('finding') or ''}: {e['error']}")
+    for s in results.get("skipped_explainers", []):
+        print(f"skipped explainer {s['explainer']} for {s['model']}: {s['reason']}")
+    if results.get("random_weights"):
+        print("WARNING: random weights (smoke test, not a real result): " + ", ".join(results["random_weights"]))
+    for model, note in results.get("model_notes", {}).items():
+        print(f"note on {model}: {note}")
+    print(f"results: {store.results_path}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .engine.session import format_table, rebuild_results
+    from .store import RunStore
+
+    registry = _registry(args)
+    for run in args.runs:
+        store = RunStore(run)
+        results = rebuild_results(store, registry)
+        try:
+            from .report import write_report  # the report package may add tables and figures
+        except ImportError:
+            write_report = None
+        if write_report is not None:
+            write_report([run], out=args.out)
+        if not args.quiet:
+            print(format_table(results))
+            print(f"results: {store.results_path}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .engine.distributed import merge
+
+    return merge(args.run, _registry(args))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    kinds = [args.kind] if args.kind else list(KINDS)
+    data: dict[str, list[dict[str, Any]]] = {}
+    for kind in kinds:
+        data[kind] = []
+        for name, spec in sorted(getattr(registry, kind).items()):
+            entry = {"name": name, "summary": spec.summary, "plugin": registry.owner(kind, name).name}
+            note = getattr(spec, "note", "")
+            if note:
+                entry["note"] = note
+            data[kind].append(entry)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for kind in kinds:
+        print(f"{kind}:")
+        width = max([len(e["name"]) for e in data[kind]] + [4])
+        for e in data[kind]:
+            note = f"  [{e['note']}]" if e.get("note") else ""
+            print(f"  {e['name']:<{width}}  {e['summary']}  ({e['plugin']}){note}")
+        if not data[kind]:
+            print("  (none installed)")
+    if registry.failures:
+        print(f"\n{len(registry.failures)} plugin(s) failed to load: see `xbench plugins`", file=sys.stderr)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    dists = [
+        {"name": d.name, "version": d.version, "entry_point": d.plugin, "components": d.components}
+        for d in registry.distributions
+    ]
+    fails = [{"plugin": f.plugin, "distribution": f.distribution, "error": f.error} for f in registry.failures]
+    if args.json:
+        print(json.dumps({"plugins": dists, "failures": fails}, indent=2))
+        return 0
+    for d in dists:
+        comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in d["components"].items()) or "no components"
+        print(f"{d['name']} {d['version']}  ({comps})")
+    for f in fails:
+        print(f"FAILED {f['distribution']} (entry point {f['plugin']}): {f['error']}")
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    names = [n if n.startswith("xbench-plugin-") or os.sep in n or n.startswith(".") else f"xbench-plugin-{n}"
+             for n in args.names]
+    cmd = [sys.executable, "-m", "pip", "install", *names]
+    print("+ " + " ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .engine.config import build_config, load_yaml
+
+    cfg = build_config(load_yaml(args.config), _registry(args))
+    print(f"{args.config}: valid")
+    print(json.dumps(cfg.as_dict(), indent=2, default=str))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import convert_checkpoint
+
+    container = args.container.split(".") if args.container else None
+    out = convert_checkpoint(args.checkpoint, args.out, container=container, strip_prefixes=tuple(args.strip_prefix))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .engine.config import parse_set
+    from .inspect import format_inspection, inspect_dataset
+
+    registry = _registry(args)
+    spec = registry.get("datasets", args.dataset)
+    options = parse_set([f"{args.dataset}.{s}" for s in args.sets]).get(args.dataset, {})
+    if args.root is not None:
+        options["root"] = args.root
+    if args.split is not None:
+        options["split"] = args.split
+    dataset = spec.build(**options)
+    report = inspect_dataset(dataset, skip_images=args.skip_images, progress=not args.json)
+    print(json.dumps(report, indent=2) if args.json else format_inspection(report))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Batched execution: configuration, devices, loaders, the run loop and distribution."""

@@ -1,0 +1,232 @@
+"""Run configuration: the YAML file, command-line overrides, and validation against the plugins'
+declared options (an unknown or mistyped key is an error naming it and the closest valid one)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..plugins import Registry
+
+TOP_LEVEL = {
+    "out": "run directory (default runs/<datasets>__<models>)",
+    "device": "auto | cpu | cuda | cuda:N | mps",
+    "precision": "fp32 | bf16 | fp16 (autocast on accelerators)",
+    "batch_size": "images per batch",
+    "workers": "data-loading worker processes",
+    "limit": "evaluate only the first N images of each dataset (by sorted id)",
+    "seed": "seed recorded in the manifest and given to seeded components",
+    "datasets": "list of {name, root, split, ...options}",
+    "models": "list of {name, checkpoint, text_encoder, ...options}",
+    "explainers": "list of explainer names (default [native])",
+    "metrics": "list of metric names (default: all installed)",
+    "grounding": "{fixed_threshold, eval_size}",
+    "save_maps": "keep input-frame maps in the run directory (default true)",
+    "fail_fast": "stop at the first per-sample error",
+}
+GROUNDING_KEYS = {"fixed_threshold": float, "eval_size": int}
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class Component:
+    """A dataset or model as configured: its name and validated options."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs, validated."""
+
+    datasets: list[Component]
+    models: list[Component]
+    explainers: list[str] = field(default_factory=lambda: ["native"])
+    metrics: list[str] | None = None
+    out: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 8
+    workers: int = 0
+    limit: int | None = None
+    seed: int = 0
+    fixed_threshold: float = 0.5
+    eval_size: int | None = None
+    save_maps: bool = True
+    fail_fast: bool = False
+
+    def evaluation_identity(self) -> dict[str, Any]:
+        """What decides the records' values: two runs with the same identity may share a directory."""
+        return {
+            "datasets": [{"name": d.name, **d.options} for d in self.datasets],
+            "models": [{"name": m.name, **m.options} for m in self.models],
+            "fixed_threshold": self.fixed_threshold,
+            "eval_size": self.eval_size,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "out": self.out,
+            "device": self.device,
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "workers": self.workers,
+            "limit": self.limit,
+            "seed": self.seed,
+            "datasets": [{"name": d.name, **d.options} for d in self.datasets],
+            "models": [{"name": m.name, **m.options} for m in self.models],
+            "explainers": list(self.explainers),
+            "metrics": self.metrics,
+            "grounding": {"fixed_threshold": self.fixed_threshold, "eval_size": self.eval_size},
+            "save_maps": self.save_maps,
+            "fail_fast": self.fail_fast,
+        }
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys ({', '.join(TOP_LEVEL)})")
+    return data
+
+
+def _components(raw: Any, kind: str) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if isinstance(raw, (str, dict)):
+        raw = [raw]
+    out = []
+    for item in raw:
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict) or "name" not in item:
+            raise ConfigError(f"each entry of {kind} needs a 'name' (got {item!r})")
+        out.append(dict(item))
+    return out
+
+
+def parse_set(assignments: list[str]) -> dict[str, dict[str, Any]]:
+    """`NAME.KEY=VALUE` strings -> {NAME: {KEY: VALUE}} (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for a in assignments or []:
+        if "=" not in a or "." not in a.split("=", 1)[0]:
+            raise ConfigError(f"--set expects NAME.KEY=VALUE (for example medklip.checkpoint=/w/ckpt.pth), got {a!r}")
+        lhs, value = a.split("=", 1)
+        name, key = lhs.split(".", 1)
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        if isinstance(parsed, (dict, list)) or parsed is None:
+            parsed = value if parsed is None else parsed
+        out.setdefault(name, {})[key] = parsed
+    return out
+
+
+def build_config(
+    data: dict[str, Any],
+    registry: Registry,
+    *,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> RunConfig:
+    """Validate a config mapping (from YAML, possibly empty) plus command-line overrides."""
+    data = dict(data)
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(key, list(TOP_LEVEL))} (valid: {', '.join(TOP_LEVEL)})")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    datasets = _components(data.get("datasets"), "datasets") or [{"name": "phantom"}]
+    models = _components(data.get("models"), "models") or [{"name": "random"}, {"name": "center"}]
+    explainers = data.get("explainers") or ["native"]
+    if isinstance(explainers, str):
+        explainers = [e.strip() for e in explainers.split(",") if e.strip()]
+    set_options = parse_set(sets or [])
+    names = {d["name"] for d in datasets} | {m["name"] for m in models}
+    for name in set_options:
+        if name not in names:
+            raise ConfigError(
+                f"--set names {name!r}, which is not a dataset or model of this run"
+                f"{_suggest(name, sorted(names))} (this run has: {', '.join(sorted(names))})"
+            )
+
+    def resolve(kind: str, items: list[dict[str, Any]]) -> list[Component]:
+        out = []
+        for item in items:
+            spec = registry.get(kind, item["name"])
+            opts = {k: v for k, v in item.items() if k != "name"}
+            opts.update(set_options.get(item["name"], {}))
+            out.append(Component(item["name"], spec.resolve_options(opts)))
+        return out
+
+    cfg = RunConfig(datasets=resolve("datasets", datasets), models=resolve("models", models))
+    for e in explainers:
+        registry.get("explainers", e)
+    cfg.explainers = list(dict.fromkeys(explainers))
+    metrics = data.get("metrics")
+    if metrics is not None:
+        if isinstance(metrics, str):
+            metrics = [m.strip() for m in metrics.split(",")]
+        for m in metrics:
+            registry.get("metrics", m)
+        cfg.metrics = list(metrics)
+    grounding = data.get("grounding") or {}
+    if not isinstance(grounding, dict):
+        raise ConfigError("grounding must be a mapping with fixed_threshold and/or eval_size")
+    for key, value in grounding.items():
+        if key not in GROUNDING_KEYS:
+            raise ConfigError(f"unknown grounding key {key!r}{_suggest(key, list(GROUNDING_KEYS))}")
+    cfg.fixed_threshold = _typed(grounding.get("fixed_threshold", 0.5), float, "grounding.fixed_threshold")
+    if abs(round(cfg.fixed_threshold * 100) - cfg.fixed_threshold * 100) > 1e-6 or not 0 <= cfg.fixed_threshold <= 1:
+        raise ConfigError("grounding.fixed_threshold must be on the 0.01 grid in [0, 1] (for example 0.5)")
+    ev = grounding.get("eval_size")
+    cfg.eval_size = None if ev is None else _typed(ev, int, "grounding.eval_size")
+    cfg.out = data.get("out")
+    cfg.device = str(data.get("device", "auto"))
+    cfg.precision = str(data.get("precision", "fp32"))
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    cfg.batch_size = _typed(data.get("batch_size", 8), int, "batch_size")
+    cfg.workers = _typed(data.get("workers", 0), int, "workers")
+    lim = data.get("limit")
+    cfg.limit = None if lim is None else _typed(lim, int, "limit")
+    cfg.seed = _typed(data.get("seed", 0), int, "seed")
+    cfg.save_maps = bool(data.get("save_maps", True))
+    cfg.fail_fast = bool(data.get("fail_fast", False))
+    if cfg.batch_size < 1 or cfg.workers < 0 or (cfg.limit is not None and cfg.limit < 1):
+        raise ConfigError("batch_size and limit must be >= 1, workers >= 0")
+    return cfg
+
+
+def _typed(value: Any, kind: type, name: str) -> Any:
+    if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+
+
+def default_out(cfg: RunConfig) -> str:
+    return str(Path("runs") / ("-".join(d.name for d in cfg.datasets) + "__" + "-".join(m.name for m in cfg.models)))

@@ -1,0 +1,375 @@
+"""The run loop: one pass over each dataset's images shared by every model and explainer.
+
+Per dataset: build the models (once per run) and their queries (once per dataset); plan the
+samples still to do (resume); decode and preprocess in loader workers (each image decoded once,
+preprocessed once per model, its regions rasterized once at the eval frame); per batch and model,
+one forward pass on the device, each explainer's maps, the grounding statistics on the device;
+records appended and flushed per batch. Anything that fails for one sample becomes an error record
+and the run goes on (`fail_fast` stops instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, MapError, XBenchError
+from ..plugins import Registry
+from ..store import RunStore
+from .config import RunConfig
+from .device import autocast, resolve_device
+
+
+@dataclass
+class ModelRun:
+    """A model built for this run, with its explainers and per-dataset queries."""
+
+    name: str
+    model: Any
+    spec: Any
+    explainers: list[tuple[str, Any, Any]]  # (name, explainer, spec)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def eval_size(shape: Sequence[int], cap: int | None) -> tuple[int, int]:
+    h, w = int(shape[0]), int(shape[1])
+    if not cap or max(h, w) <= cap:
+        return (h, w)
+    f = cap / max(h, w)
+    return (max(1, round(h * f)), max(1, round(w * f)))
+
+
+class Items:
+    """The per-sample work of loader workers: decode once, preprocess for every model, rasterize."""
+
+    def __init__(self, dataset: Any, indices: list[int], models: list[ModelRun], cap: int | None) -> None:
+        self.dataset, self.indices, self.models, self.cap = dataset, indices, models, cap
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        import torch
+
+        index = self.indices[position]
+        item: dict[str, Any] = {"index": index}
+        try:
+            sample = self.dataset.annotation(index)
+            item["id"] = sample.id
+            item["labels"] = sample.labels
+            sample.image = self.dataset.load_image(sample)
+            if not np.isfinite(sample.image).all():
+                raise XBenchError(f"image of {sample.id} has NaN or infinite pixels")
+        except Exception as exc:  # becomes an error record: the run goes on
+            item.setdefault("id", f"#index-{index}")
+            item["error"] = f"{type(exc).__name__}: {exc}"
+            return item
+        size = eval_size(sample.image.shape, self.cap)
+        item["eval_size"] = size
+        item["masks"] = {f: torch.from_numpy(r.rasterize(size)) for f, r in sample.regions.items()}
+        item["pixels"], item["geometry"], item["model_errors"] = {}, {}, {}
+        for m in self.models:
+            try:
+                pixels, geom = m.model.preprocess(sample.image)
+                item["pixels"][m.name] = torch.as_tensor(pixels, dtype=torch.float32)
+                item["geometry"][m.name] = geom
+            except Exception as exc:
+                item["model_errors"][m.name] = f"preprocess failed: {type(exc).__name__}: {exc}"
+        return item
+
+
+def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return items
+
+
+class Runner:
+    """Runs a validated config into a run directory and returns the aggregated results."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        registry: Registry,
+        store: RunStore,
+        *,
+        quiet: bool = False,
+        rank: int = 0,
+        world: int = 1,
+        shard_name: str = "0",
+        progress_total: Any = None,
+    ) -> None:
+        self.cfg, self.registry, self.store = config, registry, store
+        self.quiet, self.rank, self.world, self.shard = quiet, rank, world, shard_name
+        self.device = resolve_device(config.device)
+        self.info: dict[str, Any] = {"models": {}, "datasets": {}, "skipped": [], "errors": 0}
+        self.progress_total = progress_total
+
+    # ---- setup -------------------------------------------------------------------------------
+    def build_models(self) -> list[ModelRun]:
+        runs = []
+        for comp in self.cfg.models:
+            spec = self.registry.models[comp.name]
+            model = spec.build(**comp.options)
+            if model.module is not None:
+                model.module.to(self.device).eval()
+            caps = set(spec.capabilities) | set(model.capabilities())
+            explainers, skipped = [], []
+            for ename in self.cfg.explainers:
+                espec = self.registry.explainers[ename]
+                missing = set(espec.requires) - caps
+                if missing:
+                    reason = f"{comp.name} lacks {', '.join(sorted(missing))}"
+                    skipped.append({"model": comp.name, "explainer": ename, "reason": reason})
+                    continue
+                explainers.append((ename, espec.build(), espec))
+            self.info["models"][comp.name] = {
+                "random_weights": bool(getattr(model, "random_weights", False)),
+                "map_kind": getattr(model, "map_kind", spec.map_kind),
+                "note": spec.note,
+                "options": comp.options,
+            }
+            self.info["skipped"].extend(skipped)
+            runs.append(ModelRun(comp.name, model, spec, explainers, skipped))
+        return runs
+
+    def plan(self, dataset: Any, models: list[ModelRun]) -> tuple[list[int], list[str]]:
+        """Indices of this rank's samples (sorted by id, limited, sharded) that are not done yet."""
+        ids = dataset.ids()
+        order = sorted(range(len(ids)), key=lambda i: ids[i])
+        if self.cfg.limit is not None:
+            order = order[: self.cfg.limit]
+        mine = [i for pos, i in enumerate(order) if pos % self.world == self.rank]
+        done = self.store.completed()
+        todo = [
+            i
+            for i in mine
+            if any(
+                (dataset.name, ids[i], m.name, e[0]) not in done for m in models for e in m.explainers
+            )
+        ]
+        return todo, [ids[i] for i in order]
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        import torch
+
+        models = self.build_models()
+        for comp in self.cfg.datasets:
+            spec = self.registry.datasets[comp.name]
+            dataset = spec.build(**comp.options)
+            dataset.name = comp.name
+            findings = {m.name: [f for f in dataset.findings if m.model.supports(f)] for m in models}
+            unsupported = {m.name: [f for f in dataset.findings if not m.model.supports(f)] for m in models}
+            with torch.inference_mode():
+                queries = {m.name: m.model.encode_queries(findings[m.name]) for m in models}
+            todo, all_ids = self.plan(dataset, models)
+            self.info["datasets"][comp.name] = {
+                "images": len(all_ids),
+                "unsupported": {k: v for k, v in unsupported.items() if v},
+                "problems": len(getattr(dataset, "problems", [])),
+            }
+            if not todo:
+                continue
+            self._run_dataset(dataset, models, findings, queries, todo)
+        self.store.close()
+        return self.info
+
+    def _loader(self, dataset: Any, models: list[ModelRun], todo: list[int]) -> Any:
+        from torch.utils.data import DataLoader
+
+        items = Items(dataset, todo, models, self.cfg.eval_size)
+        return DataLoader(
+            items,
+            batch_size=self.cfg.batch_size,
+            shuffle=False,
+            num_workers=self.cfg.workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=2 if self.cfg.workers > 0 else None,
+        )
+
+    def _run_dataset(
+        self,
+        dataset: Any,
+        models: list[ModelRun],
+        findings: dict[str, list[str]],
+        queries: dict[str, Any],
+        todo: list[int],
+    ) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=len(todo) if self.progress_total is None else self.progress_total(len(todo)),
+            desc=f"{dataset.name} [{', '.join(m.name for m in models)}]",
+            unit="img",
+            disable=self.quiet or self.rank != 0,
+            dynamic_ncols=True,
+        )
+        try:
+            for batch in self._loader(dataset, models, todo):
+                for m in models:
+                    self._model_batch(dataset.name, m, findings[m.name], queries[m.name], batch)
+                bar.update(len(batch) * (self.world if self.progress_total is not None else 1))
+        finally:
+            bar.close()
+
+    def _model_batch(
+        self, dataset: str, m: ModelRun, findings: list[str], queries: Any, batch: list[dict[str, Any]]
+    ) -> None:
+        import torch
+
+        good = [it for it in batch if "error" not in it and m.name not in it["model_errors"]]
+        for it in batch:
+            if it not in good:
+                reason = it.get("error") or it["model_errors"][m.name]
+                self._fail(dataset, m, it["id"], None, reason, n=1)
+        if not good:
+            return
+        if not findings:  # the model supports none of the dataset's findings: mark the samples seen
+            for ename, _, _ in m.explainers:
+                self._records(dataset, m, ename, [], good, np.zeros((len(good), 0)), None)
+            return
+        pixels = torch.stack([it["pixels"][m.name] for it in good])
+        pixels = pixels.to(self.device, non_blocking=True)
+        try:
+            with torch.inference_mode(), autocast(self.device, self.cfg.precision):
+                output = m.model.forward(pixels, queries)
+            scores = output.scores.float().cpu().numpy()
+        except Exception as exc:
+            if self.cfg.fail_fast:
+                raise
+            for it in good:
+                self._fail(dataset, m, it["id"], None, f"forward failed: {type(exc).__name__}: {exc}", n=1)
+            return
+        for ename, explainer, espec in m.explainers:
+            try:
+                if espec.needs_grad:
+                    with autocast(self.device, self.cfg.precision):
+                        maps = explainer.explain(m.model, pixels, queries, output)
+                else:
+                    with torch.inference_mode(), autocast(self.device, self.cfg.precision):
+                        maps = explainer.explain(m.model, pixels, queries, output)
+                maps = maps.detach().float()
+            except Exception as exc:
+                if self.cfg.fail_fast:
+                    raise
+                for it in good:
+                    self._fail(dataset, m, it["id"], None, f"explainer {ename} failed: {type(exc).__name__}: {exc}", n=1, explainer=ename)
+                continue
+            self._records(dataset, m, ename, findings, good, scores, maps)
+
+    def _records(
+        self,
+        dataset: str,
+        m: ModelRun,
+        explainer: str,
+        findings: list[str],
+        items: list[dict[str, Any]],
+        scores: np.ndarray,
+        maps: Any,
+    ) -> None:
+        import torch
+
+        from ..grounding import grounding_stats, normalize, to_eval_frame
+
+        records: list[dict[str, Any]] = []
+        saved: dict[str, Any] = {}
+        for b, it in enumerate(items):
+            known = [(j, f) for j, f in enumerate(findings) if it["labels"].get(f) is not None]
+            rows: dict[str, dict[str, Any]] = {}
+            for j, f in known:
+                score = float(scores[b, j])
+                rows[f] = {"label": int(it["labels"][f]), "score": score if np.isfinite(score) else None}
+                if not np.isfinite(score):
+                    rows[f]["error"] = "score is NaN or infinite"
+                if self.cfg.save_maps:
+                    saved[f"{it['id']}|{f}"] = maps[b, j]
+            with_region = [(j, f) for j, f in known if f in it["masks"] and "error" not in rows[f]]
+            finite = [(j, f) for j, f in with_region if bool(torch.isfinite(maps[b, j]).all())]
+            for j, f in with_region:
+                if (j, f) not in finite:
+                    rows[f]["error"] = str(MapError("map has NaN or infinite values"))
+            if finite:
+                idx = torch.tensor([j for j, _ in finite], device=maps.device)
+                frame = to_eval_frame(maps[b].index_select(0, idx), it["geometry"][m.name], it["eval_size"])
+                normed, _ = normalize(frame)
+                masks = torch.stack([it["masks"][f] for _, f in finite]).to(frame.device, non_blocking=True)
+                for (_, f), stats in zip(finite, grounding_stats(normed, masks).rows()):
+                    if stats["region_px"] == 0:
+                        rows[f]["error"] = "region is empty at the eval frame (raise grounding.eval_size)"
+                    else:
+                        rows[f]["stats"] = stats
+            for f, row in rows.items():
+                records.append(
+                    {
+                        "dataset": dataset,
+                        "id": it["id"],
+                        "model": m.name,
+                        "explainer": explainer,
+                        "finding": f,
+                        "n": len(rows),
+                        **row,
+                        "stats": row.get("stats"),
+                        "error": row.get("error"),
+                    }
+                )
+                if row.get("error"):
+                    self.info["errors"] += 1
+                    if self.cfg.fail_fast:
+                        self.store.append(dataset, m.name, explainer, self.shard, records)
+                        raise XBenchError(f"{dataset}/{it['id']}/{f}: {row['error']} (--fail-fast)")
+            if not rows:  # nothing known for this model: record that the sample was seen
+                records.append(
+                    {"dataset": dataset, "id": it["id"], "model": m.name, "explainer": explainer,
+                     "finding": None, "n": 1, "label": None, "score": None, "stats": None, "error": None}
+                )
+        self.store.append(dataset, m.name, explainer, self.shard, records)
+        if saved:
+            self.store.save_maps(dataset, m.name, explainer, self.shard, saved)
+
+    def _fail(
+        self, dataset: str, m: ModelRun, sample_id: str, finding: str | None, reason: str, n: int, explainer: str | None = None
+    ) -> None:
+        self.info["errors"] += 1
+        names = [explainer] if explainer else [e[0] for e in m.explainers]
+        for ename in names:
+            self.store.append(
+                dataset,
+                m.name,
+                ename,
+                self.shard,
+                [{"dataset": dataset, "id": sample_id, "model": m.name, "explainer": ename,
+                  "finding": finding, "n": n, "label": None, "score": None, "stats": None, "error": reason}],
+            )
+        if self.cfg.fail_fast:
+            raise XBenchError(f"{dataset}/{sample_id}: {reason} (--fail-fast)")
+
+
+def check_identity(store: RunStore, cfg: RunConfig, overwrite: bool) -> None:
+    """A run directory is resumed only with the same evaluation identity."""
+    if not store.manifest_path.exists() or overwrite:
+        return
+    old = store.read_manifest().get("identity")
+    if old is not None and old != _jsonable(cfg.evaluation_identity()):
+        raise ConfigError(
+            f"{store.directory} holds a run with a different configuration; "
+            "pass --out NEW_DIR for a new run, or --overwrite to replace it"
+        )
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+@contextlib.contextmanager
+def timed(info: dict[str, Any], key: str) -> Any:
+    start = time.time()
+    yield
+    info[key] = time.time() - start

@@ -1,0 +1,185 @@
+"""A whole run: the run directory, manifest, resume check, the runner, aggregation and summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..plugins import Registry
+from ..store import RunStore
+from .config import RunConfig, default_out
+from .runner import Runner, _jsonable, check_identity
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_hash() -> str | None:
+    """The commit of the XBench source tree, when it is a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions(registry: Registry) -> dict[str, Any]:
+    import numpy
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "plugins": {d.name: d.version for d in registry.distributions},
+    }
+
+
+def metric_functions(registry: Registry, names: list[str] | None) -> dict[str, Any]:
+    chosen = names if names is not None else list(registry.metrics)
+    return {n: registry.metrics[n].build() for n in chosen}
+
+
+def execute(
+    cfg: RunConfig,
+    registry: Registry,
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    shard_name: str | None = None,
+    aggregate_results: bool = True,
+    barrier: Any = None,
+    progress_total: Any = None,
+) -> tuple[RunStore, dict[str, Any] | None]:
+    """Run `cfg`; returns the store and (on the aggregating process) the results."""
+    out = Path(cfg.out or default_out(cfg))
+    cfg.out = str(out)
+    store = RunStore(out)
+    if rank == 0:
+        check_identity(store, cfg, overwrite)
+        if overwrite and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    if barrier is not None:
+        barrier()
+    manifest: dict[str, Any] = {
+        "xbench": versions(registry)["plugins"].get("xbench"),
+        "config": _jsonable(cfg.as_dict()),
+        "identity": _jsonable(cfg.evaluation_identity()),
+        "versions": versions(registry),
+        "git": git_hash(),
+        "seed": cfg.seed,
+        "command": sys.argv,
+        "started": _now(),
+        "world_size": world,
+    }
+    runner = Runner(
+        cfg, registry, store, quiet=quiet, rank=rank, world=world,
+        shard_name=shard_name if shard_name is not None else str(rank), progress_total=progress_total,
+    )
+    manifest["device"] = str(runner.device)
+    if rank == 0:
+        previous = store.read_manifest() if store.manifest_path.exists() else {}
+        manifest["history"] = previous.get("history", []) + [{"started": manifest["started"], "world_size": world}]
+        store.write_json(store.manifest_path, manifest)
+        _hook(registry, "xbench_run_started", run=_RunView(cfg, store, manifest))
+    info = runner.run()
+    if barrier is not None:
+        barrier()
+    if not aggregate_results:
+        return store, None
+    manifest.update(
+        {
+            "finished": _now(),
+            "models": info["models"],
+            "datasets": info["datasets"],
+            "skipped_explainers": info["skipped"],
+        }
+    )
+    store.write_json(store.manifest_path, _jsonable({**store.read_manifest(), **manifest}))
+    results = rebuild_results(store, registry)
+    _hook(registry, "xbench_run_finished", run=_RunView(cfg, store, manifest), results=results)
+    return store, results
+
+
+def rebuild_results(store: RunStore, registry: Registry, *, metrics: list[str] | None = None) -> dict[str, Any]:
+    """Aggregate the records of a run directory into results.json (written) and return it."""
+    from ..metrics.aggregate import aggregate
+
+    manifest = store.read_manifest()
+    cfg = manifest.get("config", {})
+    names = metrics if metrics is not None else cfg.get("metrics")
+    fns = metric_functions(registry, names)
+    fixed = float(cfg.get("grounding", {}).get("fixed_threshold", 0.5))
+    body = aggregate(store.records(), fns, fixed_threshold=fixed)
+    models = manifest.get("models", {})
+    results = {
+        "xbench": manifest.get("xbench"),
+        "created": _now(),
+        "run": str(store.directory),
+        "config": cfg,
+        "versions": manifest.get("versions"),
+        "random_weights": sorted(k for k, v in models.items() if v.get("random_weights")),
+        "model_notes": {k: v["note"] for k, v in models.items() if v.get("note")},
+        "skipped_explainers": manifest.get("skipped_explainers", []),
+        **body,
+    }
+    store.write_json(store.results_path, results)
+    return results
+
+
+class _RunView:
+    """What observers of `xbench_run_started/finished` see."""
+
+    def __init__(self, config: RunConfig, store: RunStore, manifest: dict[str, Any]) -> None:
+        self.config, self.directory, self.manifest = config, store.directory, manifest
+
+
+def _hook(registry: Registry, name: str, **kwargs: Any) -> None:
+    # Observers are optional plugins: one that raises must not lose a finished run.
+    for call in registry.observers.get(name, []):
+        try:
+            call(**kwargs)
+        except Exception as exc:  # pragma: no cover - reported, never fatal
+            print(f"warning: observer {name} failed: {exc}", file=sys.stderr)
+
+
+def format_table(results: dict[str, Any], per_finding: bool = True) -> str:
+    """A plain-text table of the headline metrics."""
+    cols = [("pointing_game", "PG"), ("dice_fixed", "Dice@.5"), ("dice_best", "Dice*"),
+            ("iou_fixed", "IoU@.5"), ("iou_best", "IoU*"), ("auroc", "AUROC"), ("f1", "F1")]
+    rows = [r for r in results["rows"] if per_finding or r["finding"] == "__mean__"]
+    if not rows:
+        return "(no results)"
+    flagged = set(results.get("random_weights", []))
+    head = ["dataset", "model", "explainer", "finding", "n+"] + [c[1] for c in cols]
+    body = []
+    for r in rows:
+        model = r["model"] + (" (random weights)" if r["model"] in flagged else "")
+        cells = [r["dataset"], model, r["explainer"], "MEAN" if r["finding"] == "__mean__" else r["finding"],
+                 str(r.get("n_regions", ""))]
+        cells += ["-" if r.get(k) is None else f"{r[k]:.3f}" for k, _ in cols]
+        body.append(cells)
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    out = [line(head), "  ".join("-" * w for w in widths)]
+    prev = None
+    for cells, r in zip(body, rows):
+        key = (r["dataset"], r["model"], r["explainer"])
+        if prev is not None and key != prev:
+            out.append("")
+        prev = key
+        out.append(line(cells))
+    return "\n".join(out)
