@@ -1,0 +1,421 @@
+"""NIH ChestX-ray14 boxes (`BBox_List_2017.csv`) with image labels from `Data_Entry_2017*.csv`.
+
+`BBox_List_2017.csv` has the literal header `Image Index,Finding Label,Bbox [x,y,w,h],,,` (three
+trailing empty columns; data rows have 6 fields) and one row per (image, finding): `x, y` the top-left
+corner and `w, h` the size, floats on the 1024 x 1024 PNG grid. The box label says `Infiltrate` where
+Data_Entry says `Infiltration`. Boxes are read as half-open `[x, y, x + w, y + h]` (the core's
+convention; torchxrayvision's `NIH_Dataset` truncates each of x, y, w, h with `astype(int)` instead).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xbench_core import (
+    ConfigError,
+    DataError,
+    Dataset,
+    Problem,
+    Region,
+    Sample,
+    canonical,
+    read_image,
+    require_file,
+)
+
+from .image_finder import ImageFinder
+from .split_file import read_id_list
+
+IMAGE_SIZE = (1024, 1024)  # (H, W) of the released PNGs, the grid the boxes are drawn on
+
+FINDINGS = (
+    "atelectasis",
+    "cardiomegaly",
+    "pleural_effusion",
+    "infiltration",
+    "mass",
+    "nodule",
+    "pneumonia",
+    "pneumothorax",
+)
+
+LAYOUT = """\
+  <root>/
+    BBox_List_2017.csv               (or .csv.gz) the boxes
+    Data_Entry_2017_v2020.csv        (or Data_Entry_2017.csv, plain or .gz) image labels; optional
+    images/00000001_000.png ...      from images_001.tar.gz ... images_012.tar.gz
+      (or images_001/images/..., the Kaggle layout; any PNG under root is found by name)"""
+
+
+def image_id(value: str) -> str:
+    """The dataset id of an Image Index or path: the stem (`00013118_008.png` -> `00013118_008`)."""
+    name = value.strip().replace("\\", "/").rsplit("/", 1)[-1]
+    return name[: -len(".png")] if name.lower().endswith(".png") else name
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", newline="", encoding="utf-8-sig")  # type: ignore[return-value]
+    return open(path, newline="", encoding="utf-8-sig")
+
+
+def _first(root: Path, names: list[str]) -> Path | None:
+    for name in names:
+        for candidate in (root / name, root / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+@dataclass
+class _Image:
+    index: str  # the Image Index, e.g. 00013118_008.png
+    boxes: dict[str, list[list[float]]] = field(default_factory=dict)
+    labels: dict[str, int] | None = None  # from Data_Entry; None when not there
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class ChestXray14BBox(Dataset):
+    """The 880 boxed NIH images: one box per (image, finding), image labels for all eight findings."""
+
+    def __init__(
+        self,
+        root: str,
+        split: str = "test",
+        split_file: str | None = None,
+        bbox_file: str | None = None,
+        data_entry: str | None = None,
+        image_labels: str = "auto",
+        image_dir: str | None = None,
+    ) -> None:
+        if split != "test":
+            raise ConfigError(
+                f"chestx-ray14-bbox.split must be test (the boxes are an evaluation set), got {split!r}"
+            )
+        if image_labels not in ("auto", "data_entry", "boxes"):
+            raise ConfigError(
+                "chestx-ray14-bbox.image_labels must be auto, data_entry or boxes, "
+                f"got {image_labels!r}"
+            )
+        self.name = "chestx-ray14-bbox"
+        self.split = split
+        self.findings = FINDINGS
+        self.problems: list[Problem] = []
+        self.root = require_file(Path(root).expanduser(), "chestx-ray14-bbox root folder", LAYOUT)
+        self.bbox_file = self._given(bbox_file, "bbox_file") or _first(
+            self.root, ["BBox_List_2017.csv"]
+        )
+        if self.bbox_file is None:
+            require_file(
+                self.root / "BBox_List_2017.csv", "NIH box list BBox_List_2017.csv", LAYOUT
+            )
+        images = self._read_boxes(self.bbox_file)  # type: ignore[arg-type]
+
+        entry = self._given(data_entry, "data_entry") or _first(
+            self.root, ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"]
+        )
+        if image_labels == "data_entry" and entry is None:
+            raise DataError(
+                f"chestx-ray14-bbox.image_labels=data_entry but no Data_Entry_2017_v2020.csv or "
+                f"Data_Entry_2017.csv under {self.root}; download it from the NIH box folder, pass "
+                "data_entry=PATH, or set image_labels=boxes"
+            )
+        self.data_entry = entry
+        if entry is not None:
+            self._read_data_entry(entry, images)
+        self.label_source = "boxes" if image_labels == "boxes" or entry is None else "data_entry"
+
+        ids = sorted(images)
+        if split_file:
+            ids = self._select(ids, Path(split_file).expanduser())
+        self._ids = ids
+        self._images = images
+
+        if image_dir:
+            folder = Path(image_dir).expanduser()
+            folder = folder if folder.is_absolute() else self.root / folder
+            if not folder.is_dir():
+                raise DataError(
+                    f"chestx-ray14-bbox.image_dir not found: {folder}\nExpected layout:\n{LAYOUT}"
+                )
+            self._finder = ImageFinder(folder, [folder], (".png",))
+        else:
+            preferred = [self.root / "images", *sorted(self.root.glob("images_*/images"))]
+            self._finder = ImageFinder(self.root, preferred, (".png",))
+
+    def _given(self, value: str | None, option: str) -> Path | None:
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else self.root / path
+        return require_file(path, f"chestx-ray14-bbox.{option}", LAYOUT)
+
+    # -- BBox_List_2017.csv -----------------------------------------------------------------------
+    def _read_boxes(self, path: Path) -> dict[str, _Image]:
+        images: dict[str, _Image] = {}
+        where = str(path)
+        with _open_text(path) as fh:
+            reader = csv.reader(fh)
+            for row in reader:
+                line = reader.line_num
+                if not row or not any(c.strip() for c in row):
+                    continue
+                if line == 1 and row[0].strip() == "Image Index":
+                    continue  # the header, with its `Bbox [x,y,w,h],,,` split over 4+3 columns
+                if len(row) < 6 or any(c.strip() for c in row[6:]):
+                    self.problems.append(
+                        Problem(
+                            where,
+                            f"expected 6 fields (Image Index, Finding Label, x, y, w, h), "
+                            f"got {len(row)}: {','.join(row)!r}; skipped",
+                            line=line,
+                        )
+                    )
+                    continue
+                index, label = row[0].strip(), row[1].strip()
+                sid = image_id(index)
+                try:
+                    x, y, w, h = (float(v) for v in row[2:6])
+                except ValueError:
+                    self.problems.append(
+                        Problem(
+                            where,
+                            f"box {row[2:6]} is not 4 numbers; skipped",
+                            line=line,
+                            sample=sid,
+                        )
+                    )
+                    continue
+                if not index or not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
+                    self.problems.append(
+                        Problem(
+                            where,
+                            f"malformed row {','.join(row)!r}; skipped",
+                            line=line,
+                            sample=sid,
+                        )
+                    )
+                    continue
+                finding = self._finding(label)
+                if finding is None:
+                    self.problems.append(
+                        Problem(
+                            where,
+                            f"unknown label {label!r} (the boxes are of {', '.join(FINDINGS)}); skipped",
+                            line=line,
+                            sample=sid,
+                        )
+                    )
+                    continue
+                box = self._clip([x, y, x + w, y + h], where, line, sid)
+                image = images.setdefault(sid, _Image(index))
+                if box is None:
+                    image.boxes.setdefault(finding, [])
+                    continue
+                if finding in image.boxes and image.boxes[finding]:
+                    self.problems.append(
+                        Problem(
+                            where,
+                            f"second box of {label} on this image; both kept (union)",
+                            line=line,
+                            sample=sid,
+                        )
+                    )
+                image.boxes.setdefault(finding, []).append(box)
+        return images
+
+    @staticmethod
+    def _finding(label: str) -> str | None:
+        try:
+            finding = canonical(label)
+        except ConfigError:
+            return None
+        return finding if finding in FINDINGS else None
+
+    def _clip(self, box: list[float], where: str, line: int, sid: str) -> list[float] | None:
+        h, w = IMAGE_SIZE
+        x1, y1, x2, y2 = box
+        clipped = [
+            min(max(x1, 0.0), w),
+            min(max(y1, 0.0), h),
+            min(max(x2, 0.0), w),
+            min(max(y2, 0.0), h),
+        ]
+        if clipped == box:
+            return box
+        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            self.problems.append(
+                Problem(
+                    where,
+                    f"box {box} lies outside the {w}x{h} image; skipped",
+                    line=line,
+                    sample=sid,
+                )
+            )
+            return None
+        self.problems.append(
+            Problem(
+                where,
+                f"box {box} reaches outside the {w}x{h} image; clipped",
+                line=line,
+                sample=sid,
+            )
+        )
+        return clipped
+
+    # -- Data_Entry_2017(_v2020).csv ---------------------------------------------------------------
+    def _read_data_entry(self, path: Path, images: dict[str, _Image]) -> None:
+        wanted = {img.index: img for img in images.values()}
+        where = str(path)
+        with _open_text(path) as fh:
+            reader = csv.reader(fh)
+            header = [h.strip() for h in next(reader, [])]
+            if "Image Index" not in header or "Finding Labels" not in header:
+                raise DataError(
+                    f"{path}: not a Data_Entry file (header must have `Image Index` and `Finding "
+                    f"Labels`, got {header[:4]}); pass the right file as data_entry=PATH or set "
+                    "image_labels=boxes"
+                )
+            col = {name: k for k, name in enumerate(header) if name}
+            for row in reader:
+                index = row[0].strip() if row else ""
+                image = wanted.get(index)
+                if image is None:
+                    continue
+                if len(row) <= col["Finding Labels"]:
+                    self.problems.append(
+                        Problem(
+                            where,
+                            "row too short; labels unknown",
+                            line=reader.line_num,
+                            sample=image_id(index),
+                        )
+                    )
+                    continue
+                names = {n.strip() for n in row[col["Finding Labels"]].split("|") if n.strip()}
+                present = {self._finding(n) for n in names}
+                image.labels = {f: int(f in present) for f in FINDINGS}
+                image.meta = _entry_meta(row, col)
+        for image in images.values():
+            sid = image_id(image.index)
+            if image.labels is None:
+                self.problems.append(
+                    Problem(
+                        where,
+                        f"{image.index} has boxes but no row here; its negatives come "
+                        "from its boxes",
+                        sample=sid,
+                    )
+                )
+                continue
+            for finding in image.boxes:
+                if not image.labels[finding]:
+                    self.problems.append(
+                        Problem(
+                            where,
+                            f"{image.index} has a box of {finding} but its Finding Labels "
+                            "lack it; counted positive",
+                            sample=sid,
+                        )
+                    )
+
+    def _select(self, ids: list[str], split_file: Path) -> list[str]:
+        known = set(ids)
+        wanted = read_id_list(split_file, image_id)
+        for sid, line in wanted:
+            if sid not in known:
+                self.problems.append(
+                    Problem(
+                        str(split_file),
+                        f"id {sid!r} has no box in {self.bbox_file.name}; skipped",
+                        line=line,
+                        sample=sid,
+                    )
+                )
+        keep = {sid for sid, _ in wanted}
+        return [sid for sid in ids if sid in keep]
+
+    # -- samples ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def annotation(self, index: int) -> Sample:
+        sid = self._ids[index]
+        image = self._images[sid]
+        boxed = {f for f in image.boxes}
+        if self.label_source == "data_entry" and image.labels is not None:
+            labels = {f: int(image.labels[f] or f in boxed) for f in FINDINGS}
+        else:
+            labels = {f: int(f in boxed) for f in FINDINGS}
+        regions = {
+            f: Region.from_boxes(IMAGE_SIZE, boxes) for f, boxes in image.boxes.items() if boxes
+        }
+        meta = {
+            "path": str(self._finder.find(image.index)),
+            "size": IMAGE_SIZE,
+            "image_index": image.index,
+            "label_source": self.label_source if image.labels is not None else "boxes",
+            **image.meta,
+        }
+        return Sample(self.name, sid, None, labels=labels, regions=regions, meta=meta)
+
+    def load_image(self, sample: Sample) -> np.ndarray:
+        return read_image(sample.meta["path"], dataset=self.name)
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.annotation(index)
+        sample.image = self.load_image(sample)
+        if sample.image.shape != IMAGE_SIZE:
+            # A resized copy of the PNGs: the boxes stay on the 1024 grid, the regions follow.
+            sample.regions = {
+                f: rescale_region(r, sample.image.shape) for f, r in sample.regions.items()
+            }
+            sample.meta["label_size"] = IMAGE_SIZE
+            sample.meta["size"] = tuple(sample.image.shape)
+        return sample
+
+
+def _entry_meta(row: list[str], col: dict[str, int]) -> dict[str, Any]:
+    """Patient and acquisition fields of a Data_Entry row (2017 and v2020 headers)."""
+
+    def get(name: str) -> str:
+        k = col.get(name)
+        return row[k].strip() if k is not None and k < len(row) else ""
+
+    meta: dict[str, Any] = {}
+    if get("Patient ID"):
+        meta["patient_id"] = get("Patient ID")
+    if get("View Position"):
+        meta["view"] = get("View Position")
+    if get("Patient Gender"):
+        meta["sex"] = get("Patient Gender")
+    age = get("Patient Age").rstrip("YyMmDd")  # 2017 writes "058Y", v2020 writes 58
+    if age.isdigit():
+        meta["age"] = int(age)
+    if get("Follow-up #").isdigit():
+        meta["follow_up"] = int(get("Follow-up #"))
+    width, height = get("OriginalImage[Width"), get("Height]")
+    if width.isdigit() and height.isdigit():
+        meta["original_size"] = (int(height), int(width))
+    return meta
+
+
+def rescale_region(region: Region, size: tuple[int, int]) -> Region:
+    """The same region in an image of `size` (H, W): coordinates scaled, masks resampled later."""
+    sy, sx = size[0] / region.size[0], size[1] / region.size[1]
+    return Region(
+        (int(size[0]), int(size[1])),
+        boxes=region.boxes * np.array([sx, sy, sx, sy]),
+        polygons=tuple(np.asarray(p, dtype=np.float64) * (sx, sy) for p in region.polygons),
+        masks=region.masks,
+        coco_rles=region.coco_rles,
+        relative_rles=region.relative_rles,
+    )
