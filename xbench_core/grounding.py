@@ -129,6 +129,7 @@ def normalize(maps: Any) -> tuple[Any, Any]:
 
 # The thresholds with a sentinel above 1, so that "value >= next threshold" needs no bounds check.
 _PADDED = np.concatenate([THRESHOLDS, np.array([2.0], np.float32)])
+_NEXT = _PADDED[1:].copy()  # _NEXT[k] is the threshold above tau_k
 
 
 def threshold_bins(values: Any) -> Any:
@@ -137,8 +138,8 @@ def threshold_bins(values: Any) -> Any:
         k = (values * np.float32(100)).astype(np.intp)
         np.clip(k, 0, N_THRESHOLDS - 1, out=k)
         # floor(v * 100) can be one off next to a threshold: correct it by exact comparison
-        k -= values < _PADDED[k]
-        k += values >= _PADDED[k + 1]
+        k -= values < np.take(_PADDED, k)
+        k += values >= np.take(_NEXT, k)
         return k
     import torch
 
