@@ -1,7 +1,7 @@
 """The VinDr-CXR dataset (PhysioNet v1.0.0 release or Kaggle VinBigData `train.csv`).
 
-Annotations are parsed once with the csv module (the 67,914-row Kaggle file in about 0.2 s); a
-sample's labels and regions are assembled on demand from the per-image rows. Readers are merged by
+Annotations are parsed once with the csv module (the gzipped 67,914-row Kaggle file in about 0.5 s
+of CPU); a sample's labels and regions are assembled on demand from the per-image rows. Readers are merged by
 the `readers` option (see `readers.py` and the README): a finding is positive when at least one
 reader (`union`) or a majority of the image's readers (`majority`: 2 of 3) marked it, by a box or, in
 the PhysioNet release, in `image_labels_*.csv`; every other finding of the label vocabulary is a
