@@ -76,8 +76,8 @@ CXRS = {
 }  # fmt: skip
 
 
-def write_root(root: Path, *, nested: bool = True) -> Path:
-    images = root / ("CheXpert/val" if nested else "CheXpert-v1.0/valid")
+def write_root(root: Path, *, nested: bool = True, split: str = "val") -> Path:
+    images = root / (f"CheXpert/{split}" if nested else "CheXpert-v1.0/valid")
     gt = root / "CheXlocalize" if nested else root
     gt.mkdir(parents=True, exist_ok=True)
     rows, segs, anns = [CSV_HEADER], {}, {}
@@ -102,11 +102,11 @@ def write_root(root: Path, *, nested: bool = True) -> Path:
     jpg = images / "patient64602" / "study1" / "view1_frontal.jpg"
     jpg.parent.mkdir(parents=True)
     Image.fromarray(np.full((30, 30), 128, np.uint8), mode="L").save(jpg)
-    (root / ("CheXpert/val_labels.csv" if nested else "CheXpert-v1.0/valid.csv")).write_text(
+    (root / (f"CheXpert/{split}_labels.csv" if nested else "CheXpert-v1.0/valid.csv")).write_text(
         "\n".join(rows) + "\n"
     )
-    (gt / "gt_segmentations_val.json").write_text(json.dumps(segs))
-    (gt / "gt_annotations_val.json").write_text(json.dumps(anns))
+    (gt / f"gt_segmentations_{split}.json").write_text(json.dumps(segs))
+    (gt / f"gt_annotations_{split}.json").write_text(json.dumps(anns))
     return root
 
 
@@ -150,6 +150,17 @@ def test_old_layout_and_frontal_only(tmp_path):
     assert ds.labels_csv.name == "valid.csv" and len(ds) == 3
     assert all(ds.annotation(i).meta["view"] == "frontal" for i in range(len(ds)))
     assert ds[0].image.shape == (60, 80)
+
+
+def test_test_split_layout(tmp_path):
+    root = write_root(tmp_path, split="test")
+    ds = build(root=str(root))
+    assert ds.split == "test" and len(ds) == 4 and not ds.problems
+    assert ds.labels_csv == root / "CheXpert" / "test_labels.csv"
+    assert ds.gt_file == root / "CheXlocalize" / "gt_segmentations_test.json"
+    assert ds[0].meta["path"].startswith(str(root / "CheXpert" / "test"))
+    with pytest.raises(DataError, match="val_labels.csv"):
+        build(root=str(root), split="val")
 
 
 def test_emptiness_is_decided_on_the_runs():
