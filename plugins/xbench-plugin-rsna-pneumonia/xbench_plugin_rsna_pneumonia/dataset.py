@@ -1,0 +1,315 @@
+"""The RSNA Pneumonia Detection Challenge (Kaggle 2018) as an XBench dataset.
+
+Reads the Kaggle download as it comes (reference/datasets.md section 1): `stage_2_train_labels.csv`
+with one row per box and `stage_2_train_images/<patientId>.dcm`, or the MD.ai nested layout
+`<Study>/<Series>/<SOP>.dcm` found anywhere below the root. The region of an image is the union of
+its boxes, as MedKLIP's RSNA grounding loader builds it (MediaBrain-SJTU/MedKLIP,
+`Sample_Zero-Shot_Grounding_RSNA/dataset/dataset_RSNA.py`: `seg_map[y:y+h, x:x+w] = 1` on a
+1024x1024 map): the core's half-open box [x, y, x + w, y + h] covers exactly those pixels for the
+integer-valued boxes of the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xbench_core import ConfigError, DataError, Dataset, ImageReadError, Problem, Region, Sample
+from xbench_core import read_image as core_read_image
+
+from .files import StemIndex, dicom_header_meta, find_file, read_split_file
+from .labels import SIZE, Headers, parse_class_info, parse_headers, parse_labels
+
+LABEL_NAMES = (
+    "stage_2_train_labels.csv",
+    "stage_2_train_labels.csv.zip",
+    "stage_2_train_labels.csv.gz",
+    "kaggle_stage_2_train_labels.csv.zip",  # torchxrayvision's bundled copy
+    "stage_1_train_labels.csv",
+)
+HEADER_NAMES = (
+    "stage_2_train_images_dicom_headers.csv",
+    "stage_2_train_images_dicom_headers.csv.gz",
+    "kaggle_stage_2_train_images_dicom_headers.csv.gz",
+)
+CLASS_INFO_NAMES = ("stage_2_detailed_class_info.csv", "stage_1_detailed_class_info.csv")
+# Flat image folders next to the label file, with the suffix their files carry.
+FLAT_FOLDERS = (
+    ("stage_2_train_images", ".dcm"),
+    ("stage_1_train_images", ".dcm"),
+    ("stage_2_train_images_jpg", ".jpg"),
+    ("stage_2_train_images_png", ".png"),
+)
+SPLITS = ("train", "test")
+ID_COLUMNS = ("patientid", "patient_id", "id", "image_id", "imageid")
+PATH_COLUMNS = ("img_path", "image_path", "path", "filename", "file", "dicom_path")
+LAYOUT = """\
+  <root>/stage_2_train_labels.csv            patientId,x,y,width,height,Target (one row per box)
+  <root>/stage_2_train_images/<patientId>.dcm
+or the MD.ai nested layout:
+  <root>/stage_2_train_labels.csv
+  <root>/.../<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm   (any depth below root)
+optional: stage_2_detailed_class_info.csv, stage_2_train_images_dicom_headers.csv[.gz]
+(the label file may also be given with label_file=, e.g. a .csv.zip)"""
+
+
+def _given_path(value: str | os.PathLike | None, root: Path) -> Path | None:
+    """A user-given path: as given when it exists, else relative to the dataset root."""
+    if value is None or str(value) == "":
+        return None
+    path = Path(value).expanduser()
+    if not path.exists() and not path.is_absolute() and (root / path).exists():
+        return root / path
+    return path
+
+
+class RSNAPneumonia(Dataset):
+    """RSNA Pneumonia: one sample per patientId; finding `pneumonia` with the union of its boxes.
+
+    Boxes are in the 1024x1024 pixel frame of the DICOMs, so every region has size (1024, 1024).
+    `meta["path"]` from `annotation()` is where the image is expected; `__getitem__` sets it to the
+    file actually read. Missing images are reported when images are opened (or at construction
+    with `check_images=True`), never otherwise: the dataset can be inspected from its label file.
+    """
+
+    name = "rsna-pneumonia"
+    findings = ("pneumonia",)
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        split_file: str | os.PathLike | None = None,
+        label_file: str | os.PathLike | None = None,
+        images_dir: str | os.PathLike | None = None,
+        headers_file: str | os.PathLike | None = None,
+        views: list[str] | None = None,
+        check_images: bool = False,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DataError(
+                f"rsna-pneumonia: root {self.root} is not a folder. Expected layout:\n{LAYOUT}"
+            )
+        if split not in SPLITS:
+            raise ConfigError(
+                f"rsna-pneumonia: split must be one of {', '.join(SPLITS)}; got {split!r}"
+            )
+        self.split = split
+        self.problems: list[Problem] = []
+
+        label_path = _given_path(label_file, self.root) or find_file(self.root, LABEL_NAMES)
+        if label_path is None or not label_path.is_file():
+            what = (
+                f"label_file {label_path}"
+                if label_file
+                else f"a label file ({', '.join(LABEL_NAMES)})"
+            )
+            raise DataError(
+                f"rsna-pneumonia: {what} not found in {self.root}. Expected layout:\n{LAYOUT}"
+            )
+        self.label_file = str(label_path)
+        labels = parse_labels(label_path)
+        self.problems += labels.problems
+        self._ids = labels.ids
+        self._targets = labels.targets
+        self._offsets = labels.offsets
+        self._boxes = labels.boxes
+
+        self._headers: Headers | None = None
+        headers_path = _given_path(headers_file, self.root)
+        if headers_path is not None and not headers_path.is_file():
+            raise DataError(f"rsna-pneumonia: headers_file {headers_path} not found")
+        headers_path = headers_path or find_file(label_path.parent, HEADER_NAMES, max_subdirs=0)
+        if headers_path is not None:
+            self._headers = parse_headers(headers_path, self._ids, self.problems)
+        class_path = find_file(label_path.parent, CLASS_INFO_NAMES, max_subdirs=0)
+        self._classes = (
+            parse_class_info(class_path, self._ids, self.problems) if class_path else None
+        )
+
+        rows = np.arange(len(self._ids))
+        if views:
+            if self._headers is None:
+                raise ConfigError(
+                    "rsna-pneumonia: views= needs the view of each image, which the label file "
+                    "lacks: give headers_file= (torchxrayvision's "
+                    "kaggle_stage_2_train_images_dicom_headers.csv.gz) or put it next to the labels"
+                )
+            wanted = [str(v).strip().upper() for v in views]
+            rows = rows[np.isin(self._headers.view, wanted)]
+
+        self._path_stems: dict[str, str] = {}
+        self.split_file = None
+        if split == "test" and split_file is None:
+            raise ConfigError(
+                "rsna-pneumonia: split 'test' is a published subset of the Kaggle training labels "
+                "(the Kaggle test labels are not public): give split_file=, e.g. MedKLIP's "
+                "Sample_Zero-Shot_Grounding_RSNA/data_sample/test.csv"
+            )
+        if split_file is not None:
+            path = _given_path(split_file, self.root)
+            assert path is not None
+            chosen = read_split_file(
+                path, set(self._ids.tolist()), id_columns=ID_COLUMNS, path_columns=PATH_COLUMNS
+            )
+            self.split_file = str(path)
+            self.problems += chosen.problems
+            self._path_stems = chosen.path_stems
+            picked = np.searchsorted(
+                self._ids, np.asarray(sorted(chosen.ids), dtype=self._ids.dtype)
+            )
+            rows = np.intersect1d(rows, picked)
+            if len(rows) == 0:
+                raise DataError(
+                    f"rsna-pneumonia: no image of split_file {path} is in {label_path}"
+                    + (f" with views {views}" if views else "")
+                    + "; is it a split of this dataset (patientId column)?"
+                )
+        self._rows = rows
+
+        # Images: a flat Kaggle folder next to the labels, else any file below images_dir/root.
+        self._images_root = _given_path(images_dir, self.root) or self.root
+        if images_dir is not None and not self._images_root.is_dir():
+            raise DataError(f"rsna-pneumonia: images_dir {self._images_root} is not a folder")
+        self._flat: tuple[Path, str] | None = None
+        for base in dict.fromkeys([self._images_root, label_path.parent, self.root]):
+            for folder, suffix in FLAT_FOLDERS:
+                if (base / folder).is_dir():
+                    self._flat = (base / folder, suffix)
+                    break
+            if self._flat is not None or images_dir is not None:
+                break
+        if self._flat is None and images_dir is not None:
+            self._flat = (self._images_root, ".dcm")
+        self.layout = "kaggle" if self._flat is not None else "nested"
+        self._index = StemIndex(self._images_root)
+        self._by_header: dict[str, str] | None = None
+        if check_images:
+            self._check_images()
+
+    # -- annotations ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def ids(self) -> list[str]:
+        return self._ids[self._rows].tolist()
+
+    def annotation(self, index: int) -> Sample:
+        """The index-th image's labels, region and meta without opening the image."""
+        j = int(self._rows[index])
+        pid = str(self._ids[j])
+        label = int(self._targets[j])
+        regions: dict[str, Region] = {}
+        start, stop = self._offsets[j], self._offsets[j + 1]
+        if label == 1 and stop > start:
+            regions["pneumonia"] = Region(SIZE, boxes=self._boxes[start:stop].copy())
+        meta: dict[str, Any] = {
+            "path": self._expected_path(pid),
+            "size": SIZE,
+            "patient_id": pid,
+            "boxes": int(stop - start),
+        }
+        if self._headers is not None and self._headers.view[j]:
+            meta["view"] = str(self._headers.view[j])
+            if self._headers.age[j] >= 0:
+                meta["age"] = int(self._headers.age[j])
+            if self._headers.sex[j]:
+                meta["sex"] = str(self._headers.sex[j])
+            if not np.isnan(self._headers.spacing[j]):
+                meta["pixel_spacing"] = float(self._headers.spacing[j])
+        if self._classes is not None and self._classes[j]:
+            meta["class"] = str(self._classes[j])
+        return Sample(self.name, pid, None, {"pneumonia": label}, regions, meta)
+
+    # -- images --------------------------------------------------------------------------------
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.annotation(index)
+        image = self.load_image(sample)
+        sample.image = image
+        if tuple(image.shape) != SIZE:
+            # A resized conversion (PNG/JPEG): the boxes are in 1024x1024 DICOM pixels, so they are
+            # scaled to the decoded image, whose size every region must have.
+            sy, sx = image.shape[0] / SIZE[0], image.shape[1] / SIZE[1]
+            sample.regions = {
+                f: Region(tuple(image.shape), boxes=r.boxes * (sx, sy, sx, sy))
+                for f, r in sample.regions.items()
+            }
+            sample.meta["label_size"] = SIZE
+            sample.meta["size"] = tuple(image.shape)
+        if "view" not in sample.meta and str(sample.meta["path"]).lower().endswith(".dcm"):
+            for key, value in dicom_header_meta(sample.meta["path"]).items():
+                sample.meta.setdefault(key, value)
+        return sample
+
+    def load_image(self, sample: Sample) -> np.ndarray:
+        """Find the sample's image file (flat folder, then the stem index) and decode it."""
+        path = self._resolve(sample.id)
+        sample.meta["path"] = path
+        return core_read_image(path, dataset=self.name)
+
+    def _expected_path(self, pid: str) -> str:
+        if self._flat is not None:
+            folder, suffix = self._flat
+            return str(folder / f"{pid}{suffix}")
+        if self._index.built:
+            found = self._index.get(pid) or self._index.get(self._path_stems.get(pid, ""))
+            if found:
+                return found
+        return str(self._images_root / f"{pid}.dcm")
+
+    def _resolve(self, pid: str) -> str:
+        if self._flat is not None:
+            path = self._flat[0] / f"{pid}{self._flat[1]}"
+            if path.is_file():
+                return str(path)
+        found = self._index.get(pid)
+        if found is None and pid in self._path_stems:
+            found = self._index.get(self._path_stems[pid])
+        if found is None:
+            found = self._patient_id_map().get(pid)
+        if found is None:
+            where = f"{self._flat[0] / (pid + self._flat[1])} nor " if self._flat else ""
+            raise ImageReadError(
+                f"rsna-pneumonia: no image for patientId {pid}: found neither {where}a file named "
+                f"{pid}.dcm/.png/.jpg below {self._images_root}, nor a DICOM there whose PatientID "
+                f"is {pid}. Check root/images_dir; expected layout:\n{LAYOUT}"
+            )
+        return found
+
+    def _patient_id_map(self) -> dict[str, str]:
+        """PatientID -> path for the indexed DICOMs whose file name is not a patientId.
+
+        In the MD.ai export the files are named by SOPInstanceUID (MedKLIP's test.csv maps the
+        patientId to such a path); when no split file gives that path, the PatientID tag of those
+        DICOMs is read once (headers only).
+        """
+        if self._by_header is None:
+            import pydicom
+
+            known = set(self._ids.tolist())
+            hinted = set(self._path_stems.values())
+            self._by_header = {}
+            for stem, path in self._index.paths().items():
+                if stem in known or stem in hinted or not path.lower().endswith((".dcm", ".dicom")):
+                    continue
+                try:
+                    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+                except Exception:  # unreadable files are reported when they are opened
+                    continue
+                patient = str(ds.get("PatientID", "") or "").strip()
+                if patient in known:
+                    self._by_header.setdefault(patient, path)
+        return self._by_header
+
+    def _check_images(self) -> None:
+        for pid in self.ids():
+            try:
+                self._resolve(pid)
+            except ImageReadError:
+                self.problems.append(
+                    Problem(self._expected_path(pid), "image file missing", sample=pid)
+                )
