@@ -252,6 +252,23 @@ def test_mdai_nested_layout_by_patient_id_tag(tmp_path: Path) -> None:
     assert ds._index.built
 
 
+def test_images_dir_flat_or_nested(tmp_path: Path) -> None:
+    paths = write_mdai(tmp_path / "mdai")
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "stage_2_train_labels.csv").write_text(label_text())
+    nested = build(root=str(labels), images_dir=str(tmp_path / "mdai"))
+    assert nested.layout == "nested"
+    assert nested[index_of(nested, PIDS["neg2"])].meta["path"] == str(paths[PIDS["neg2"]])
+    flat = tmp_path / "flat"
+    write_dicom(flat / f"{PIDS['neg2']}.dcm", ramp(np.uint8, 255))
+    ds = build(root=str(labels), images_dir=str(flat))
+    assert ds.layout == "kaggle"
+    assert ds.annotation(index_of(ds, PIDS["neg2"])).meta["path"] == str(
+        flat / f"{PIDS['neg2']}.dcm"
+    )
+
+
 def test_mdai_nested_layout_with_medklip_split_file(tmp_path: Path) -> None:
     paths = write_mdai(tmp_path / "mdai")
     # MedKLIP's Sample_Zero-Shot_Grounding_RSNA/data_sample/test.csv: ID,img_path,boxes,classes

@@ -20,7 +20,7 @@ import numpy as np
 from xbench_core import ConfigError, DataError, Dataset, ImageReadError, Problem, Region, Sample
 from xbench_core import read_image as core_read_image
 
-from .files import StemIndex, dicom_header_meta, find_file, read_split_file
+from .files import StemIndex, dicom_header_meta, find_file, read_split_file, split_image_name
 from .labels import SIZE, Headers, parse_class_info, parse_headers, parse_labels
 
 LABEL_NAMES = (
@@ -64,6 +64,20 @@ def _given_path(value: str | os.PathLike | None, root: Path) -> Path | None:
     if not path.exists() and not path.is_absolute() and (root / path).exists():
         return root / path
     return path
+
+
+def _holds_images(folder: Path, look: int = 100) -> bool:
+    """Whether a folder holds image files itself (flat) rather than only subfolders (nested)."""
+    try:
+        with os.scandir(folder) as entries:
+            for k, entry in enumerate(entries):
+                if k >= look:
+                    break
+                if split_image_name(entry.name)[1] is not None and entry.is_file():
+                    return True
+    except OSError:
+        pass
+    return False
 
 
 class RSNAPneumonia(Dataset):
@@ -183,7 +197,7 @@ class RSNAPneumonia(Dataset):
                     break
             if self._flat is not None or images_dir is not None:
                 break
-        if self._flat is None and images_dir is not None:
+        if self._flat is None and images_dir is not None and _holds_images(self._images_root):
             self._flat = (self._images_root, ".dcm")
         self.layout = "kaggle" if self._flat is not None else "nested"
         self._index = StemIndex(self._images_root)
@@ -269,14 +283,15 @@ class RSNAPneumonia(Dataset):
         found = self._index.get(pid)
         if found is None and pid in self._path_stems:
             found = self._index.get(self._path_stems[pid])
-        if found is None:
+        if found is None and self._flat is None:
             found = self._patient_id_map().get(pid)
         if found is None:
             where = f"{self._flat[0] / (pid + self._flat[1])} nor " if self._flat else ""
+            tag = "" if self._flat else f", nor a DICOM there whose PatientID is {pid}"
             raise ImageReadError(
                 f"rsna-pneumonia: no image for patientId {pid}: found neither {where}a file named "
-                f"{pid}.dcm/.png/.jpg below {self._images_root}, nor a DICOM there whose PatientID "
-                f"is {pid}. Check root/images_dir; expected layout:\n{LAYOUT}"
+                f"{pid}.dcm/.png/.jpg below {self._images_root}{tag}. Check root/images_dir; "
+                f"expected layout:\n{LAYOUT}"
             )
         return found
 

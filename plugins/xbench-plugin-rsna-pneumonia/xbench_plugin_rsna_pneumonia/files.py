@@ -99,6 +99,8 @@ def find_file(root: Path, names: tuple[str, ...], max_subdirs: int = 50) -> Path
     for name in names:
         if (root / name).is_file():
             return root / name
+    if max_subdirs <= 0:
+        return None
     try:
         subdirs = sorted(
             e.path for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")

@@ -99,7 +99,7 @@ def parse_labels(path: Path) -> Labels:
                     )
                 )
                 continue
-            pid = split_image_name(row[ip].strip())[0]
+            pid = row[ip].strip()
             if not pid:
                 problems.append(Problem(where, "empty patientId; row skipped", line=line))
                 continue
