@@ -80,7 +80,6 @@ def test_results_independent_of_batch_size_and_workers(tmp_path: Path) -> None:
 
 def test_grounding_counts_match_direct_computation(tmp_path: Path) -> None:
     """The center baseline's stats for one image equal a hand computation from the phantom mask."""
-    import torch
 
     from xbench_core.grounding import naive_counts, normalize, to_eval_frame
 

@@ -50,8 +50,7 @@ class Geometry:
         """torchvision `Resize(resize)` then `CenterCrop(crop)` (CLIP, BiomedCLIP)."""
         h, w = original
         rh, rw = _shortest_side_size(original, resize)
-        top = int(round((rh - crop) / 2.0))
-        left = int(round((rw - crop) / 2.0))
+        top, left = _crop_start(rh, crop), _crop_start(rw, crop)
         return Geometry((h, w), (crop, crop), (rh / h, rw / w), (-top, -left), "shortest_side_crop")
 
     @staticmethod
@@ -60,7 +59,7 @@ class Geometry:
         h, w = original
         rh, rw = _longest_side_size(original, canvas)
         pad_top, pad_left = (canvas - rh) // 2, (canvas - rw) // 2
-        cut = int(round((canvas - crop) / 2.0))
+        cut = _crop_start(canvas, crop)
         return Geometry(
             (h, w), (crop, crop), (rh / h, rw / w), (pad_top - cut, pad_left - cut), "letterbox_crop"
         )
@@ -98,6 +97,14 @@ class Geometry:
         return 2.0 * yi / hi - 1.0, 2.0 * xi / wi - 1.0
 
 
+def _crop_start(size: int, crop: int) -> int:
+    # torchvision center_crop: int(round((size - crop) / 2)) inside the image; when the crop is
+    # larger it first pads (crop - size) // 2 on the top/left (round() would differ at odd halves)
+    if crop > size:
+        return -((crop - size) // 2)
+    return int(round((size - crop) / 2.0))
+
+
 def _shortest_side_size(original: Size, size: int) -> Size:
     # torchvision.transforms.functional.resize with an int: the long side is truncated, not rounded
     h, w = original
@@ -107,11 +114,12 @@ def _shortest_side_size(original: Size, size: int) -> Size:
 
 
 def _longest_side_size(original: Size, size: int) -> Size:
-    # CARZero's resize_img: int(side * size / longest) for the short side
+    # CARZero's resize_img: int(side * size / longest) for the short side (at least one pixel:
+    # an aspect ratio beyond size:1 would otherwise give an empty image and a zero scale)
     h, w = original
     if h >= w:
-        return size, int(float(w) * (size / float(h)))
-    return int(float(h) * (size / float(w))), size
+        return size, max(1, int(float(w) * (size / float(h))))
+    return max(1, int(float(h) * (size / float(w)))), size
 
 
 def resize(image: np.ndarray, size: Size, method: str = "bilinear") -> np.ndarray:
@@ -151,8 +159,8 @@ def letterbox_crop(
     board = np.zeros((canvas, canvas), np.float32)
     pt, pl = (canvas - rh) // 2, (canvas - rw) // 2
     board[pt : pt + rh, pl : pl + rw] = out
-    cut = int(round((canvas - crop) / 2.0))
-    return board[cut : cut + crop, cut : cut + crop].copy(), geom
+    cut = _crop_start(canvas, crop)
+    return _crop_or_pad(board, cut, cut, crop), geom
 
 
 def _crop_or_pad(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:

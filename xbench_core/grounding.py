@@ -154,7 +154,6 @@ def grounding_stats(maps: Any, masks: Any, *, normalized: bool = True) -> Ground
     """Statistics of N maps [N, H, W] (normalized to [0, 1] unless `normalized=False`) against
     boolean region masks [N, H, W]. Runs in numpy for CPU tensors (faster there) and in torch on
     accelerators; both give the same counts."""
-    import torch
 
     if not normalized:
         maps, _ = normalize(maps)

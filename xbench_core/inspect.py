@@ -16,7 +16,7 @@ def inspect_dataset(dataset: Dataset, *, skip_images: bool = False, progress: bo
     findings: dict[str, dict[str, int]] = {
         f: {"positive": 0, "with_region": 0, "instances": 0} for f in dataset.findings
     }
-    problems: list[Problem] = list(getattr(dataset, "problems", []))
+    image_problems: list[Problem] = []
     indices = range(len(dataset))
     if progress:
         from tqdm import tqdm
@@ -35,7 +35,9 @@ def inspect_dataset(dataset: Dataset, *, skip_images: bool = False, progress: bo
             try:
                 dataset.load_image(sample)
             except Exception as exc:  # every unreadable image is a problem to report, not a crash
-                problems.append(Problem(str(sample.meta.get("path", "?")), str(exc), sample=sample.id))
+                image_problems.append(Problem(str(sample.meta.get("path", "?")), str(exc), sample=sample.id))
+    # read after the loop: datasets may find problems lazily while annotating (e.g. header reads)
+    problems = list(getattr(dataset, "problems", [])) + image_problems
     return {
         "dataset": dataset.name,
         "split": dataset.split,

@@ -142,10 +142,16 @@ def _load(strict: bool) -> Registry:
             continue
         if pm.has_plugin(ep.name):
             continue
+        module = None
         try:
             module = ep.load()
             pm.register(module, name=ep.name)
+            # a hookimpl matching no hook (a misspelled name) is this plugin's error: check now,
+            # while it is the only unchecked plugin, rather than failing everyone at the end
+            pm.check_pending()
         except Exception as exc:
+            if module is not None and pm.is_registered(module):
+                pm.unregister(module)
             _fail(registry, strict, ep.name, dist_name, exc)
             continue
         dists[ep.name] = Distribution(dist_name, version, ep.name)
@@ -156,11 +162,15 @@ def _load(strict: bool) -> Registry:
 
     for kind, (hook_name, spec_type) in KINDS.items():
         hook = getattr(pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        # get_hookimpls() is in registration order (pluggy calls them in reverse): the core's
+        # built-ins register first, so that a clash names the plugin as the one to disable
+        for impl in hook.get_hookimpls():
             dist = dists[impl.plugin_name]
 
-            def register(spec: Any, _kind: str = kind, _dist: Distribution = dist) -> None:
-                _add(registry, _kind, spec, _dist, spec_type)
+            def register(
+                spec: Any, _kind: str = kind, _dist: Distribution = dist, _type: type = spec_type
+            ) -> None:
+                _add(registry, _kind, spec, _dist, _type)
 
             try:
                 impl.function(register=register)

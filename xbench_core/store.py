@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from .errors import ConfigError
 
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -111,6 +112,8 @@ class RunStore:
                 if len(recs) == recs[0]["n"]:
                     out.extend(recs)
                     break
+        # a canonical order, so that aggregates do not depend on how shards split the work
+        out.sort(key=lambda r: (r["dataset"], r["model"], r["explainer"], r.get("finding") or "", r["id"]))
         return out
 
     def completed(self) -> set[tuple[str, str, str, str]]:

@@ -28,6 +28,7 @@ import pytest
 from .dataset import Dataset
 from .findings import BY_ID
 from .geometry import Geometry
+from .inspect import inspect_dataset
 from .model import Model
 from .plugins import get_registry, register_plugin, unregister_plugin
 from .text import generated_vocabulary, write_bert_folder
@@ -44,6 +45,9 @@ __all__ = [
     "save_official_checkpoint",
     "compare_with_key_listing",
     "realdata",
+    "reference",
+    "get_registry",
+    "inspect_dataset",
 ]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

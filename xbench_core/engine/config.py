@@ -194,7 +194,7 @@ def build_config(
     grounding = data.get("grounding") or {}
     if not isinstance(grounding, dict):
         raise ConfigError("grounding must be a mapping with fixed_threshold and/or eval_size")
-    for key, value in grounding.items():
+    for key in grounding:
         if key not in GROUNDING_KEYS:
             raise ConfigError(f"unknown grounding key {key!r}{_suggest(key, list(GROUNDING_KEYS))}")
     cfg.fixed_threshold = _typed(grounding.get("fixed_threshold", 0.5), float, "grounding.fixed_threshold")

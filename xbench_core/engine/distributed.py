@@ -76,7 +76,7 @@ def _launch_torchrun(cfg: RunConfig, registry: Registry, env: tuple[int, int, in
         store, results = execute(
             cfg, registry, overwrite=overwrite, quiet=quiet, rank=rank, world=world,
             aggregate_results=rank == 0, barrier=dist.barrier,
-            progress_total=lambda n_local: None,
+            progress_total=lambda n_local: n_local * world,
         )
         if rank == 0 and not quiet and results is not None:
             print_summary(results, store)

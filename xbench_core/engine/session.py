@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
 from ..plugins import Registry
 from ..store import RunStore
 from .config import RunConfig, default_out

@@ -60,22 +60,52 @@ def read_dicom(path: Path, *, voi_lut: bool = True) -> np.ndarray:
         raw = raw[..., :3].mean(axis=-1)
     elif raw.ndim == 3:  # multi-frame: the first frame
         raw = raw[0]
-    arr = apply_modality_lut(raw, ds).astype(np.float64)
-    has_voi = voi_lut and ("VOILUTSequence" in ds or "WindowCenter" in ds)
-    if has_voi:
-        arr = apply_voi_lut(arr, ds).astype(np.float64)
-    lo, hi = _value_range(ds, arr, windowed=has_voi)
+    modality = apply_modality_lut(raw, ds)
+    arr = modality.astype(np.float64)
+    voi_range = _voi_output_range(ds) if voi_lut else None
+    if voi_range is not None:
+        if ds.get("VOILUTSequence") and not np.issubdtype(modality.dtype, np.integer):
+            # a VOI LUT is indexed by integer values (pydicom warns on, and truncates, floats)
+            modality = np.rint(modality).astype(np.int64)
+        arr = apply_voi_lut(modality, ds).astype(np.float64)
+        lo, hi = voi_range
+    else:
+        lo, hi = _value_range(ds, arr)
     arr = np.clip((arr - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(arr)
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         arr = 1.0 - arr
     return arr.astype(np.float32)
 
 
-def _value_range(ds: object, arr: np.ndarray, windowed: bool) -> tuple[float, float]:
-    # After a window the values span the window's output range; otherwise the stored bit depth
-    # (so that an image keeps its real contrast), falling back to the data range.
-    if windowed:
-        return float(arr.min()), float(arr.max())
+def _voi_output_range(ds: object) -> tuple[float, float] | None:
+    """The output range of the VOI transform pydicom's `apply_voi_lut` applies (None: none).
+
+    A window maps to its full output range (so an image whose values all lie inside the window
+    keeps the window's scale instead of being stretched to black and white); a VOI LUT maps to
+    the range of its entries.
+    """
+    from pydicom.pixels import apply_windowing
+
+    seq = ds.get("VOILUTSequence")  # type: ignore[attr-defined]
+    if seq and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None:
+        data = seq[0].LUTData
+        if isinstance(data, bytes):  # VR OW: 16-bit little-endian words
+            entries = np.frombuffer(data, dtype="<u2").astype(np.float64)
+        else:
+            entries = np.asarray(data, dtype=np.float64).reshape(-1)
+        # the entries' own range, not the descriptor's nominal depth: some files declare 16 bits
+        # for 12-bit entries, which would make the image nearly black
+        return float(entries.min()), float(entries.max())
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:  # type: ignore[attr-defined]
+        return None
+    # the window's (y_min, y_max), computed by pydicom itself on values far below and above it
+    ends = apply_windowing(np.array([-np.inf, np.inf]), ds)  # type: ignore[arg-type]
+    return float(min(ends)), float(max(ends))
+
+
+def _value_range(ds: object, arr: np.ndarray) -> tuple[float, float]:
+    # Without a window: the stored bit depth (so that an image keeps its real contrast),
+    # falling back to the data range.
     bits = int(getattr(ds, "BitsStored", 0) or 0)
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)

@@ -76,10 +76,13 @@ class Region:
         sy, sx = h / H, w / W
         out = np.zeros((h, w), dtype=bool)
         for x1, y1, x2, y2 in self.boxes:
-            c0 = min(max(int(math.floor(x1 * sx)), 0), w)
-            r0 = min(max(int(math.floor(y1 * sy)), 0), h)
-            c1 = min(max(int(math.ceil(x2 * sx)), c0 + 1), w)
-            r1 = min(max(int(math.ceil(y2 * sy)), r0 + 1), h)
+            # the pixels the box overlaps (at least the one it touches), then clipped: a box
+            # entirely outside the image covers nothing
+            c0, r0 = int(math.floor(x1 * sx)), int(math.floor(y1 * sy))
+            c1 = max(int(math.ceil(x2 * sx)), c0 + 1)
+            r1 = max(int(math.ceil(y2 * sy)), r0 + 1)
+            c0, c1 = min(max(c0, 0), w), min(max(c1, 0), w)
+            r0, r1 = min(max(r0, 0), h), min(max(r1, 0), h)
             out[r0:r1, c0:c1] = True
         if self.polygons:
             from PIL import Image, ImageDraw
@@ -172,6 +175,9 @@ def decode_relative_rle(text: str, height: int, width: int) -> np.ndarray:
     values = np.asarray(text.split(), dtype=np.int64)
     if values.size % 2:
         raise ValueError("RLE has an odd number of values (each run needs a start and a length)")
+    if np.any(values < 0):
+        # a negative start would silently index from the end of the array
+        raise ValueError(f"RLE has a negative value ({int(values.min())}): not a SIIM run-length text")
     gaps, lengths = values[0::2], values[1::2]
     starts = np.cumsum(gaps + np.concatenate([[0], lengths[:-1]]))
     if starts[-1] + lengths[-1] > flat.size:

@@ -80,8 +80,9 @@ class FindingData:
     @staticmethod
     def synthetic(seed: int = 0, n: int = 40, m: int = 12) -> FindingData:
         """Random but consistent data, for metric conformance tests."""
-        from ..grounding import grounding_stats
         import torch
+
+        from ..grounding import grounding_stats
 
         rng = np.random.default_rng(seed)
         labels = (rng.random(n) < 0.4).astype(np.int64)
