@@ -92,29 +92,50 @@ def to_eval_frame(maps: Any, geometry: Geometry, eval_size: tuple[int, int]) -> 
     """Map [F, gh, gw] input-frame maps to [F, He, We] in the eval frame (bilinear).
 
     The geometries are axis-aligned, so bilinear sampling is separable: two small matrix products
-    (rows x grid, grid x columns) instead of a per-pixel gather, on whatever device the maps are.
+    (rows x grid, grid x columns) instead of a per-pixel gather. numpy arrays stay in numpy (the
+    CPU path); tensors stay on their device.
     """
+    gy, gx = geometry.sampling_grid(eval_size)
+    gh, gw = maps.shape[-2:]
+    wy, wx = interpolation_matrix(gy, gh), interpolation_matrix(gx, gw)
+    outside_rows = np.flatnonzero(np.abs(gy) > 1)
+    outside_cols = np.flatnonzero(np.abs(gx) > 1)
+    if isinstance(maps, np.ndarray):
+        maps = maps.astype(np.float32, copy=False)
+        out = np.matmul(wy, np.matmul(maps, wx.T))
+        if outside_rows.size or outside_cols.size:
+            low = maps.reshape(len(maps), -1).min(axis=1)[:, None]
+            out[:, outside_rows, :] = low[:, :, None]
+            out[:, :, outside_cols] = low[:, None, :]
+        return out
     import torch
 
     maps = maps.float()
-    gy, gx = geometry.sampling_grid(eval_size)
-    _, gh, gw = maps.shape
-    wy = torch.from_numpy(interpolation_matrix(gy, gh)).to(maps.device)
-    wx = torch.from_numpy(interpolation_matrix(gx, gw)).to(maps.device)
-    out = torch.matmul(wy, torch.matmul(maps, wx.T))
-    outside_rows = np.abs(gy) > 1
-    outside_cols = np.abs(gx) > 1
-    if outside_rows.any() or outside_cols.any():
-        low = maps.flatten(1).amin(dim=1)
-        rows = torch.from_numpy(np.flatnonzero(outside_rows)).to(maps.device)
-        cols = torch.from_numpy(np.flatnonzero(outside_cols)).to(maps.device)
-        out[:, rows, :] = low.view(-1, 1, 1)
-        out[:, :, cols] = low.view(-1, 1, 1)
+    out = torch.matmul(torch.from_numpy(wy).to(maps.device), torch.matmul(maps, torch.from_numpy(wx).to(maps.device).T))
+    if outside_rows.size or outside_cols.size:
+        low = maps.flatten(1).amin(dim=1).view(-1, 1, 1)
+        out[:, torch.from_numpy(outside_rows).to(maps.device), :] = low
+        out[:, :, torch.from_numpy(outside_cols).to(maps.device)] = low
     return out
 
 
 def normalize(maps: Any) -> tuple[Any, Any]:
-    """Min-max normalize each of N maps to [0, 1]; returns (maps, constant flags)."""
+    """Min-max normalize each of N maps to [0, 1]; returns (maps, constant flags).
+
+    (m - min) / (max - min) is exactly 1 at the maximum and within [0, 1] everywhere under float
+    rounding, so no clipping is needed. numpy arrays are normalized in place.
+    """
+    if isinstance(maps, np.ndarray):
+        flat = maps.reshape(len(maps), -1)
+        lo, hi = flat.min(axis=1), flat.max(axis=1)
+        constant = hi <= lo
+        for i in range(len(flat)):
+            if constant[i]:
+                flat[i] = 0.0
+            else:
+                np.subtract(flat[i], lo[i], out=flat[i])
+                np.divide(flat[i], hi[i] - lo[i], out=flat[i])
+        return maps, constant
     import torch
 
     flat = maps.flatten(1)
@@ -124,7 +145,21 @@ def normalize(maps: Any) -> tuple[Any, Any]:
     constant = span.squeeze(1) <= 0
     safe = torch.where(span > 0, span, torch.ones_like(span))
     out = torch.where(span > 0, (flat - lo) / safe, torch.zeros_like(flat))
-    return out.view_as(maps).clamp_(0.0, 1.0), constant
+    return out.view_as(maps), constant
+
+
+def evaluate_maps(maps: Any, geometry: Geometry, eval_size: tuple[int, int], masks: Any) -> GroundingStats:
+    """The whole per-image step: [F, gh, gw] input-frame maps and [F, He, We] region masks ->
+    statistics. On the CPU it runs in numpy; on an accelerator in torch, on the device."""
+    if getattr(maps, "device", None) is not None and maps.device.type != "cpu":
+        frame = to_eval_frame(maps, geometry, eval_size)
+        normed, _ = normalize(frame)
+        return _stats_torch(normed, masks.to(frame.device, non_blocking=True).bool())
+    values = maps.detach().float().numpy() if not isinstance(maps, np.ndarray) else maps
+    frame = to_eval_frame(values, geometry, eval_size)
+    normed, _ = normalize(frame)
+    regions = masks.numpy() if not isinstance(masks, np.ndarray) else masks
+    return _stats_numpy(normed, regions.astype(bool, copy=False))
 
 
 # The thresholds with a sentinel above 1, so that "value >= next threshold" needs no bounds check.

@@ -275,7 +275,7 @@ class Runner:
     ) -> None:
         import torch
 
-        from ..grounding import grounding_stats, normalize, to_eval_frame
+        from ..grounding import evaluate_maps
 
         records: list[dict[str, Any]] = []
         saved: dict[str, Any] = {}
@@ -296,14 +296,13 @@ class Runner:
                     rows[f]["error"] = str(MapError("map has NaN or infinite values"))
             if finite:
                 idx = torch.tensor([j for j, _ in finite], device=maps.device)
-                frame = to_eval_frame(maps[b].index_select(0, idx), it["geometry"][m.name], it["eval_size"])
-                normed, _ = normalize(frame)
-                masks = torch.stack([it["masks"][f] for _, f in finite]).to(frame.device, non_blocking=True)
-                for (_, f), stats in zip(finite, grounding_stats(normed, masks).rows()):
-                    if stats["region_px"] == 0:
+                masks = torch.stack([it["masks"][f] for _, f in finite])
+                stats = evaluate_maps(maps[b].index_select(0, idx), it["geometry"][m.name], it["eval_size"], masks)
+                for (_, f), st in zip(finite, stats.rows()):
+                    if st["region_px"] == 0:
                         rows[f]["error"] = "region is empty at the eval frame (raise grounding.eval_size)"
                     else:
-                        rows[f]["stats"] = stats
+                        rows[f]["stats"] = st
             for f, row in rows.items():
                 records.append(
                     {

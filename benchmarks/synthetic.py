@@ -1,0 +1,114 @@
+"""Synthetic data for the benchmarks: a folder of 1024x1024 DICOMs with box regions, exposed as a
+dataset plugin `bench-dicoms` (importable in this process, and in subprocesses through an entry
+point written next to it)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FINDINGS = ("pneumonia", "pleural_effusion", "pneumothorax")
+
+PLUGIN = '''
+from pathlib import Path
+import json
+import numpy as np
+from xbench_core import Dataset, DatasetSpec, Option, Region, Sample, hookimpl
+
+FINDINGS = ("pneumonia", "pleural_effusion", "pneumothorax")
+
+
+class BenchDicoms(Dataset):
+    def __init__(self, root, limit=None):
+        self.name, self.split, self.findings, self.problems = "bench-dicoms", "test", FINDINGS, []
+        self.root = Path(root)
+        self.entries = json.loads((self.root / "labels.json").read_text())
+        if limit:
+            self.entries = self.entries[:limit]
+
+    def __len__(self):
+        return len(self.entries)
+
+    def ids(self):
+        return [e["id"] for e in self.entries]
+
+    def annotation(self, i):
+        e = self.entries[i]
+        regions = {f: Region.from_boxes((1024, 1024), [b]) for f, b in e["boxes"].items()}
+        return Sample("bench-dicoms", e["id"], None, e["labels"], regions,
+                      {"path": str(self.root / e["file"]), "size": (1024, 1024)})
+
+
+@hookimpl
+def xbench_register_datasets(register):
+    register(DatasetSpec(name="bench-dicoms", summary="benchmark DICOMs", factory=BenchDicoms,
+                         findings=FINDINGS, options=(Option("root", "path", required=True),
+                                                     Option("limit", int, None))))
+'''
+
+
+def write_dicoms(folder: Path, n: int, size: int = 1024, seed: int = 0) -> Path:
+    """n distinct 16-bit MONOCHROME2 DICOMs with labels and boxes (labels.json)."""
+    import json
+
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size, :size]
+    base = (2000 + 1000 * np.sin(x / 97.0) * np.cos(y / 131.0)).astype(np.float64)
+    entries = []
+    for i in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        img = np.clip(base + rng.normal(0, 200, (size, size)), 0, 4095).astype(np.uint16)
+        ds.PixelData = img.tobytes()
+        name = f"img{i:05d}.dcm"
+        pydicom.dcmwrite(folder / name, ds, enforce_file_format=True)
+        labels, boxes = {}, {}
+        for f in FINDINGS:
+            labels[f] = int(rng.random() < 0.4)
+            if labels[f]:
+                x0, y0 = rng.uniform(100, 700, 2)
+                w, h = rng.uniform(40, 300, 2)
+                boxes[f] = [x0, y0, x0 + w, y0 + h]
+        entries.append({"id": f"img{i:05d}", "file": name, "labels": labels, "boxes": boxes})
+    (folder / "labels.json").write_text(json.dumps(entries))
+    return folder
+
+
+def install_plugin(folder: Path) -> Path:
+    """Write the `bench-dicoms` plugin with an entry point into `folder` and put it on sys.path.
+
+    Subprocesses see it when `folder` is on their PYTHONPATH."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "xbench_bench_dicoms.py").write_text(textwrap.dedent(PLUGIN))
+    dist = folder / "xbench_bench_dicoms-0.0.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: xbench-bench-dicoms\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text("[xbench]\nbench-dicoms = xbench_bench_dicoms\n")
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    from xbench_core.plugins import get_registry
+
+    get_registry(refresh=True)
+    return folder
+
+
+def best_model(registry: Any) -> tuple[str, dict[str, Any]]:
+    """The real model the pipeline benchmark uses: CLIP ViT-B/16 at random weights if installed."""
+    if "clip" in registry.models:
+        return "clip", {"checkpoint": "random"}
+    return "center", {}
