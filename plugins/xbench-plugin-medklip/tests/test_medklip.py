@@ -1,0 +1,523 @@
+"""Tests of the MedKLIP plugin: the full-size network with random weights, the official checkpoint
+layout, the entity descriptions, the tokenizer quirk, the query cache and the preprocessing."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from xbench_plugin_medklip import SPEC
+from xbench_plugin_medklip import text_encoder as text_module
+from xbench_plugin_medklip.entities import (
+    DESCRIPTIONS_SHA256,
+    ENTITIES,
+    FINDING_TO_ENTITY,
+    placeholder_descriptions,
+    read_descriptions,
+)
+from xbench_plugin_medklip.preprocessing import MEAN, STD, equalize_histogram, preprocess_image
+
+from xbench_core import FINDINGS, AssetError, CheckpointError, DataError, UnsupportedFinding
+from xbench_core.testing import (
+    ModelPluginTests,
+    compare_with_key_listing,
+    generated_vocabulary,
+    realdata,
+    reference,
+    save_official_checkpoint,
+    write_bert_folder,
+)
+
+# Words of the placeholder and synthetic texts, so that the tiny vocabulary keeps them whole and
+# the test embeddings stay cheap.
+_WORDS = [*ENTITIES, "text", "of", "covid19", "changed", "seen", "chest", "x", "ray"]
+
+
+def _tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A BERT with Bio_ClinicalBERT's hidden size (768, what disease_embedding_layer takes) but one
+    layer and a small generated vocabulary: cheap, local, never a download."""
+    return write_bert_folder(
+        folder,
+        vocab=generated_vocabulary(extra_words=_WORDS),
+        hidden_size=768,
+        num_hidden_layers=1,
+        num_attention_heads=12,
+        intermediate_size=64,
+        weights=True,
+        seed=seed,
+    )
+
+
+def _write_descriptions(path: Path, *, changed: str | None = None, covid: bool = False) -> Path:
+    """A descriptions file in the official format: key order = query order, 'eumonia' typo. The
+    texts are the placeholders (so that the query cache already holds most of them)."""
+    texts = placeholder_descriptions()
+    data = {}
+    for name in ENTITIES:
+        key = "eumonia" if name == "pneumonia" else name
+        data[key] = texts[name] + (" changed" if name == changed else "")
+    if covid:
+        data["covid19"] = "covid19 is seen on the chest x-ray."
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory):
+    """A private XBENCH_HOME for this module (the query cache lands there)."""
+    folder = tmp_path_factory.mktemp("xbench-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XBENCH_HOME", str(folder))
+        for name in ("XBENCH_MEDKLIP_CHECKPOINT", "XBENCH_MEDKLIP_TEXT_ENCODER",
+                     "XBENCH_MEDKLIP_DESCRIPTIONS"):  # fmt: skip
+            patch.delenv(name, raising=False)
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def shared_model(home: Path, tiny_bert: Path):
+    return SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
+
+
+def _pixels(model, n: int, seed: int = 0, size: int | None = None) -> torch.Tensor:
+    """n preprocessed random images; with `size`, a smaller normalized input (the network is
+    convolutional up to the decoder, so the math checks hold on a coarser grid, at a fraction of
+    the CPU time)."""
+    rng = np.random.default_rng(seed)
+    if size is not None:
+        return torch.from_numpy(rng.standard_normal((n, 3, size, size), dtype=np.float32))
+    return torch.stack(
+        [model.preprocess(rng.random((120, 100), dtype=np.float32))[0] for _ in range(n)]
+    )
+
+
+class TestMedKLIP(ModelPluginTests):
+    name = "medklip"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model(cls, shared_model):
+        return shared_model
+
+    def test_state_dict_matches_official_listing(self, model) -> None:
+        listing = reference("checkpoint-keys", "medklip_model.json")
+        missing, unexpected, shapes = compare_with_key_listing(model.module.state_dict(), listing)
+        assert (missing, unexpected, shapes) == ([], [], [])
+        # Same order too (module creation order as in the official __init__).
+        assert list(model.module.state_dict()) == list(json.loads(listing.read_text()))
+        assert model.random_weights is True
+
+    def test_query_book_is_a_buffer_outside_the_state_dict(self, model) -> None:
+        assert tuple(model.module.entity_book.shape) == (75, 768)
+        assert "entity_book" not in model.module.state_dict()
+        assert "entity_book" in dict(model.module.named_buffers())
+
+    def test_scores_and_maps_follow_the_official_rule(self, model) -> None:
+        findings = ["pneumonia", "fibrosis", "pleural_effusion"]
+        pixels = _pixels(model, 1)
+        with torch.inference_mode():
+            queries = model.encode_queries(findings)
+            out = model.forward(pixels, queries)
+            logits, attention, grid = model.module(pixels)
+        assert grid == (14, 14) and len(attention) == 4
+        assert tuple(attention[0].shape) == (1, 75, 196)
+        rows = [20, ENTITIES.index("tail_abnorm_obs"), ENTITIES.index("effusion")]
+        assert rows[0] == ENTITIES.index("pneumonia")
+        expected_scores = torch.softmax(logits, dim=-1)[:, rows, 1]
+        torch.testing.assert_close(out.scores, expected_scores)
+        # official: ws = (ws[-4] + ws[-3] + ws[-2] + ws[-1]) / 4, reshape to 14 x 14, class row
+        ws = (attention[-4] + attention[-3] + attention[-2] + attention[-1]) / 4
+        expected_maps = ws.reshape(1, 75, 14, 14)[:, rows]
+        torch.testing.assert_close(out.maps["cross_attention"], expected_maps)
+        # head-averaged softmax over the 196 image tokens: every map sums to one
+        torch.testing.assert_close(
+            out.maps["cross_attention"].sum(dim=(-2, -1)), torch.ones(1, 3), atol=1e-5, rtol=0
+        )
+        # the differentiable logit is present minus absent; its sigmoid is the score
+        with torch.no_grad():
+            difference = model.logits(pixels, queries)
+        torch.testing.assert_close(torch.sigmoid(difference), out.scores, atol=1e-6, rtol=1e-5)
+
+    def test_feature_layer_is_layer3_and_carries_gradients(self, model) -> None:
+        layer = model.feature_layer()
+        captured = {}
+        handle = layer.module.register_forward_hook(
+            lambda module, args, output: captured.setdefault("grid", layer.to_grid(output))
+        )
+        try:
+            pixels = _pixels(model, 1, size=96)
+            queries = model.encode_queries(["pneumonia"])
+            captured_grad = {}
+            value = model.logits(pixels, queries)
+            captured["grid"].register_hook(lambda g: captured_grad.setdefault("g", g))
+            value.sum().backward()
+        finally:
+            handle.remove()
+            model.module.zero_grad(set_to_none=True)
+        assert tuple(captured["grid"].shape) == (1, 1024, 6, 6)  # 96 / 16
+        assert float(captured_grad["g"].abs().sum()) > 0
+
+    def test_bf16_autocast(self, model) -> None:
+        pixels = _pixels(model, 1, size=96)
+        queries = model.encode_queries(["pneumonia", "pneumothorax"])
+        with torch.inference_mode():
+            reference_out = model.forward(pixels, queries)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model.forward(pixels, queries)
+        assert out.scores.dtype == torch.float32
+        assert torch.isfinite(out.maps["cross_attention"]).all()
+        assert float((out.scores - reference_out.scores).abs().max()) < 0.05
+
+    def test_preprocess_squash_and_normalization(self, model) -> None:
+        image = np.full((300, 200), 0.5, np.float32)
+        image[:150] = 1.0  # top half white: squash keeps the half at row 112
+        pixels, geometry = model.preprocess(image)
+        assert tuple(pixels.shape) == (3, 224, 224) and pixels.dtype == torch.float32
+        assert geometry.kind == "squash" and geometry.input_size == (224, 224)
+        assert geometry.scale == (224 / 300, 224 / 200)
+        for channel in range(3):
+            assert float(pixels[channel, 0, 0]) == pytest.approx(
+                (1.0 - MEAN[channel]) / STD[channel]
+            )
+            assert float(pixels[channel, -1, -1]) == pytest.approx(
+                (0.5 - MEAN[channel]) / STD[channel]
+            )
+
+    def test_unsupported_findings(self, model) -> None:
+        # placeholders have no covid19 entry, and MedKLIP's own file has none either
+        for finding in ("covid19", "tuberculosis", "aortic_enlargement", "ild"):
+            assert not model.supports(finding)
+        with pytest.raises(UnsupportedFinding, match="covid19"):
+            model.encode_queries(["pneumonia", "covid19"])
+
+
+def test_findings_table() -> None:
+    canonical = {f.id for f in FINDINGS}
+    assert set(FINDING_TO_ENTITY) <= canonical
+    assert set(FINDING_TO_ENTITY.values()) <= set(ENTITIES)
+    # the official ChestX-ray14 and CheXpert mappings
+    assert FINDING_TO_ENTITY["infiltration"] == "infiltrate"
+    assert FINDING_TO_ENTITY["pleural_thickening"] == "thicken"
+    assert FINDING_TO_ENTITY["fibrosis"] == "tail_abnorm_obs"
+    assert FINDING_TO_ENTITY["enlarged_cardiomediastinum"] == "enlarge"
+    assert FINDING_TO_ENTITY["lung_opacity"] == "opacity"
+    assert FINDING_TO_ENTITY["pleural_effusion"] == "effusion"
+    assert FINDING_TO_ENTITY["pleural_other"] == "abnormality"
+    assert FINDING_TO_ENTITY["support_devices"] == "device"
+    assert FINDING_TO_ENTITY["nodule"] == "nodule" and FINDING_TO_ENTITY["mass"] == "mass"
+    assert "covid19" not in FINDING_TO_ENTITY and "tuberculosis" not in FINDING_TO_ENTITY
+    assert len(ENTITIES) == 75 and ENTITIES.index("pneumonia") == 20
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+_UNPICKLED: list[str] = []
+
+
+def _record_call(message: str) -> str:
+    _UNPICKLED.append(message)
+    return message
+
+
+class FakeTrainingConfig:
+    """Stands for the pickled config objects of the release; unpickling it would run code."""
+
+    def __reduce__(self):
+        return (_record_call, ("the checkpoint's pickled config was executed",))
+
+
+def _perturbed_state(model) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    state = {}
+    for key, value in model.module.state_dict().items():
+        if value.is_floating_point():
+            value = value + 0.01 * torch.randn(value.shape, generator=generator)
+        state[key] = value.clone()
+    return state
+
+
+def test_official_checkpoint_loads_strictly(shared_model, tiny_bert, tmp_path) -> None:
+    state = _perturbed_state(shared_model)
+    save_official_checkpoint(
+        state,
+        tmp_path / "checkpoint_final.pth",
+        container="model",
+        prefix="module.",
+        extra={
+            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+            "lr_scheduler": {"last_epoch": 99},
+            "config": FakeTrainingConfig(),
+            "epoch": 99,
+        },
+    )
+    # with a covid19 entry, as in MAVL's copy of the file used by MAVL's evaluation of MedKLIP
+    descriptions = _write_descriptions(tmp_path / "observation explanation.json", covid=True)
+    # A folder holding checkpoint_final.pth is accepted as well as the file itself.
+    loaded = SPEC.build(
+        checkpoint=str(tmp_path), text_encoder=str(tiny_bert), descriptions=str(descriptions)
+    )
+    assert _UNPICKLED == [], "the pickled config object was executed"
+    assert loaded.random_weights is False
+    for key, value in loaded.module.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    expected_module = copy.deepcopy(shared_model.module)
+    expected_module.load_state_dict(state)
+    expected_module.entity_book = loaded.module.entity_book
+    # the placeholder texts of the file hit the cache filled by shared_model
+    torch.testing.assert_close(loaded.module.entity_book[:75], shared_model.module.entity_book)
+    pixels = _pixels(loaded, 1, size=96)
+    with torch.inference_mode():
+        out = loaded.forward(pixels, loaded.encode_queries(["pneumonia", "atelectasis"]))
+        logits, attention, _ = expected_module(pixels, 75)
+        covid_queries = loaded.encode_queries(["pneumonia", "covid19"])
+        covid = loaded.forward(pixels, covid_queries)
+    torch.testing.assert_close(out.scores, torch.softmax(logits, -1)[:, [20, 12], 1])
+    torch.testing.assert_close(
+        out.maps["cross_attention"], (sum(attention) / 4).reshape(1, 75, 6, 6)[:, [20, 12]]
+    )
+    # covid19 is appended as a 76th query only when asked for, as the official COVID code does;
+    # it takes part in the self-attention, so the other entities' scores move slightly
+    assert loaded.queries["covid19"] == "covid19" and loaded.entities[-1] == "covid19"
+    assert covid_queries.entities == 76 and covid.maps["cross_attention"].shape == (1, 2, 6, 6)
+    assert not torch.equal(covid.scores[:, 0], out.scores[:, 0])
+    torch.testing.assert_close(covid.scores[:, 0], out.scores[:, 0], atol=0.05, rtol=0)
+
+
+def test_corrupted_checkpoint_lists_the_offending_keys(shared_model, tiny_bert, tmp_path) -> None:
+    state = dict(shared_model.module.state_dict())
+    del state["classifier.weight"]
+    state["res_l1.bias"] = torch.zeros(7)
+    state["extra.weight"] = torch.zeros(1)
+    path = save_official_checkpoint(
+        state, tmp_path / "bad.pth", container="model", prefix="module."
+    )
+    descriptions = _write_descriptions(tmp_path / "d.json")
+    with pytest.raises(CheckpointError) as info:
+        SPEC.build(
+            checkpoint=str(path), text_encoder=str(tiny_bert), descriptions=str(descriptions)
+        )
+    message = str(info.value)
+    assert "classifier.weight" in message and "res_l1.bias" in message and "extra.weight" in message
+    # a file without the 'model' container says what it holds instead
+    flat = save_official_checkpoint(shared_model.module.state_dict(), tmp_path / "flat.pth")
+    with pytest.raises(CheckpointError, match="no key 'model'"):
+        SPEC.build(
+            checkpoint=str(flat), text_encoder=str(tiny_bert), descriptions=str(descriptions)
+        )
+
+
+def test_missing_checkpoint_says_where_to_get_it(home) -> None:
+    with pytest.raises(AssetError) as info:
+        SPEC.build()
+    message = str(info.value)
+    assert "Google Drive" in message and "medklip.checkpoint" in message
+    assert "XBENCH_MEDKLIP_CHECKPOINT" in message
+
+
+def test_text_encoder_without_weights_needs_random_checkpoint(tmp_path, tiny_bert) -> None:
+    folder = write_bert_folder(tmp_path / "bert", hidden_size=768, num_attention_heads=12)
+    with pytest.raises(AssetError, match="no weights"):
+        text_module.resolve_text_encoder(
+            str(folder), allow_random=False, env="UNSET_ENV_FOR_TEST", option="medklip.text_encoder"
+        )
+    encoder = text_module.resolve_text_encoder(
+        str(folder), allow_random=True, env="UNSET_ENV_FOR_TEST", option="medklip.text_encoder"
+    )
+    assert encoder.random and encoder.folder == folder
+
+
+def test_text_encoder_weights_that_do_not_fit_are_an_error(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = _tiny_bert(tmp_path / "bert")
+    weights = load_file(str(folder / "model.safetensors"))
+    del weights["encoder.layer.0.attention.self.query.weight"]
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    encoder = text_module.resolve_text_encoder(
+        str(folder), allow_random=False, env="UNSET_ENV_FOR_TEST", option="x"
+    )
+    with pytest.raises(AssetError, match="encoder.layer.0.attention.self.query.weight"):
+        with encoder.load():
+            pass
+
+
+# ---- descriptions ---------------------------------------------------------------------------
+
+
+def test_real_descriptions_parse_in_the_official_order() -> None:
+    path = realdata("medklip-mavl", "medklip_observation_explanation.json")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == DESCRIPTIONS_SHA256
+    descriptions = read_descriptions(path)
+    assert tuple(descriptions) == ENTITIES and len(descriptions) == 75
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert "eumonia" in raw and "pneumonia" not in raw  # the official typo, kept
+    assert descriptions["pneumonia"].startswith(
+        "Pneumonia is an inflammatory condition of the lung primarily affecting the small air sacs"
+    )
+    assert descriptions["tail_abnorm_obs"] == "Some very rare diseases."
+    # MAVL's copy (used by MAVL's evaluation of MedKLIP) adds covid19 after the 75
+    mavl_copy = read_descriptions(realdata("medklip-mavl", "mavl_observation_explanation.json"))
+    assert tuple(mavl_copy)[:75] == ENTITIES and tuple(mavl_copy)[75:] == ("covid19",)
+
+
+def test_malformed_descriptions_name_the_key(tmp_path) -> None:
+    path = _write_descriptions(tmp_path / "d.json")
+    data = json.loads(path.read_text())
+    keys = list(data)
+    keys[8], keys[9] = keys[9], keys[8]  # effusion <-> opacity
+    path.write_text(json.dumps({k: data[k] for k in keys}))
+    with pytest.raises(DataError, match="entry 8 is 'opacity', expected 'effusion'"):
+        read_descriptions(path)
+    path.write_text(json.dumps({**data, "something": "x"}))
+    with pytest.raises(DataError, match="unexpected entry 'something'"):
+        read_descriptions(path)
+    path.write_text("{not json")
+    with pytest.raises(DataError, match="medklip.descriptions"):
+        read_descriptions(path)
+
+
+# ---- tokenizer and query cache -------------------------------------------------------------
+
+
+def test_tokenizer_has_no_sep_and_pads_to_64(tmp_path) -> None:
+    from transformers import BertTokenizer
+
+    vocab = generated_vocabulary(size=600)
+    folder = write_bert_folder(tmp_path / "bert", vocab=vocab)
+    tokenizer = BertTokenizer.from_pretrained(str(folder))
+    assert len(tokenizer) == 600  # the vocabulary really loaded (transformers 5 pitfall)
+    texts = ["Pleural effusion is seen in the left lung.", " ".join(["opacity"] * 100), ""]
+    ids, mask = text_module.tokenize_without_sep(tokenizer, texts)
+    assert tuple(ids.shape) == (3, 64) and tuple(mask.shape) == (3, 64)
+    assert (ids[:, 0] == tokenizer.cls_token_id).all()
+    assert not (ids == tokenizer.sep_token_id).any()
+    stock = tokenizer(texts[0])["input_ids"]  # [CLS] ... [SEP] from the stock tokenizer
+    assert stock[-1] == tokenizer.sep_token_id
+    n = len(stock) - 1
+    assert ids[0, :n].tolist() == stock[:-1]
+    assert ids[0, n:].eq(tokenizer.pad_token_id).all() and mask[0].sum() == n
+    assert mask[1].sum() == 64  # truncated to [CLS] + 63 word pieces
+    assert ids[1, 1:].eq(tokenizer.convert_tokens_to_ids("opacity")).all()
+    assert mask[2].tolist() == [1] + [0] * 63  # an empty text is [CLS] alone
+
+
+def test_embeddings_skip_masked_padding_exactly(tiny_bert) -> None:
+    encoder = text_module.resolve_text_encoder(
+        str(tiny_bert), allow_random=False, env="UNSET_ENV_FOR_TEST", option="x"
+    )
+    with encoder.load() as (tokenizer, bert):
+        ids, mask = text_module.tokenize_without_sep(tokenizer, ["effusion text", "mass of fluid"])
+        trimmed = text_module.run_bert(bert, ids, mask)
+        with torch.no_grad():
+            full = bert(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
+
+
+def test_query_cache_is_reused_and_invalidated(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XBENCH_HOME", str(tmp_path / "home"))
+    calls = []
+    original = text_module.run_bert
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(text_module, "run_bert", counting)
+    bert = _tiny_bert(tmp_path / "bert", seed=0)
+    texts = [f"{name} text" for name in ENTITIES]
+
+    def embed(folder: Path = bert, these: list[str] = texts) -> torch.Tensor:
+        encoder = text_module.resolve_text_encoder(
+            str(folder), allow_random=False, env="UNSET_ENV_FOR_TEST", option="x"
+        )
+        return text_module.embed_texts(encoder, these, tag="medklip")
+
+    first = embed()
+    assert len(calls) == 1
+    assert len(list((tmp_path / "home" / "queries").glob("medklip-*.safetensors"))) == 1
+    again = embed()
+    assert len(calls) == 1 and torch.equal(first, again)  # read back from the cache
+    changed = embed(these=[*texts[:-1], "excluded_obs text changed"])
+    assert len(calls) == 2 and not torch.equal(changed[-1], first[-1])
+    torch.testing.assert_close(changed[:-1], first[:-1])
+    time.sleep(0.01)  # a new mtime for the rewritten weights
+    _tiny_bert(tmp_path / "bert", seed=1)  # the same folder, other weights
+    other = embed()
+    assert len(calls) == 3 and not torch.allclose(other, first)
+
+
+def test_model_reuses_the_query_cache(home, tiny_bert, shared_model, monkeypatch) -> None:
+    # shared_model already filled the cache for these placeholders and this encoder
+    monkeypatch.setattr(text_module, "run_bert", lambda *a, **k: pytest.fail("recomputed"))
+    model = SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
+    assert torch.equal(model.module.entity_book, shared_model.module.entity_book)
+    assert any(Path(home, "queries").glob("medklip-*.safetensors"))
+    assert model.descriptions == placeholder_descriptions()
+
+
+# ---- preprocessing ---------------------------------------------------------------------------
+
+
+def test_histogram_equalization_matches_skimage() -> None:
+    # expected values from skimage.exposure.equalize_hist 0.26.0 on the same array
+    image = np.array([[0, 0, 1, 2], [2, 2, 2, 3]], np.float64) / 3
+    expected = np.array([[0.25, 0.25, 0.3541666667, 0.875], [0.875, 0.875, 0.875, 1.0]])
+    np.testing.assert_allclose(equalize_histogram(image), expected, atol=1e-9)
+    # invariant to a linear rescaling (the official loader feeds pixel_array / 255)
+    rng = np.random.default_rng(3)
+    values = rng.random((40, 30))
+    np.testing.assert_allclose(equalize_histogram(values), equalize_histogram(values * 16.06))
+
+
+def test_equalize_option_changes_the_input(shared_model) -> None:
+    assert SPEC.option("equalize_hist").default is False and shared_model.equalize_hist is False
+    ramp = np.tile(np.linspace(0, 1, 100, dtype=np.float32) ** 3, (80, 1))
+    plain, _ = shared_model.preprocess(ramp)
+    equalized, _ = preprocess_image(ramp, equalize=True)
+    assert not torch.allclose(plain, equalized)
+    gray = equalized[0] * STD[0] + MEAN[0]
+    # equalization spreads a skewed ramp: about half the pixels end up above 0.5
+    assert 0.4 < float((gray > 0.5).float().mean()) < 0.6
+    assert float((plain[0] * STD[0] + MEAN[0] > 0.5).float().mean()) < 0.25
+
+
+# ---- full size, slow ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_full_size_random_default_and_timing(tmp_path, monkeypatch) -> None:
+    """checkpoint=random with nothing else: a generated Bio_ClinicalBERT-shaped BERT, no file."""
+    monkeypatch.setenv("XBENCH_HOME", str(tmp_path / "home"))
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    model = SPEC.build(checkpoint="random")
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    again = SPEC.build(checkpoint="random")
+    cached = time.perf_counter() - start
+    assert torch.equal(model.module.entity_book, again.module.entity_book)
+    assert model.text_encoder.random and model.text_encoder.folder is None
+    pixels = _pixels(model, 8)
+    queries = model.encode_queries(["pneumonia", "pleural_effusion", "pneumothorax"])
+    with torch.inference_mode():
+        model.forward(pixels[:1], queries)
+        start = time.perf_counter()
+        model.forward(pixels, queries)
+        per_image = (time.perf_counter() - start) / 8
+    print(
+        f"\nMedKLIP: build with query embedding {first:.1f} s, with the cache {cached:.1f} s, "
+        f"forward {per_image:.3f} s per image at batch 8 ({torch.get_num_threads()} threads)"
+    )
+    assert os.environ["XBENCH_HOME"].endswith("home")
