@@ -43,6 +43,21 @@ class BenchDicoms(Dataset):
                       {"path": str(self.root / e["file"]), "size": (1024, 1024)})
 
 
+def _prior(sigma):
+    def build():
+        from xbench_core.builtin.baselines import CenterBaseline
+        return CenterBaseline(sigma=sigma)
+    return build
+
+
+@hookimpl
+def xbench_register_models(register):
+    # cheap models, so that a multi-model benchmark measures the pass over the images
+    from xbench_core import ModelSpec
+    for k in range(4):
+        register(ModelSpec(name=f"bench-prior-{k}", summary="center prior", factory=_prior(0.2 + 0.05 * k)))
+
+
 @hookimpl
 def xbench_register_datasets(register):
     register(DatasetSpec(name="bench-dicoms", summary="benchmark DICOMs", factory=BenchDicoms,
