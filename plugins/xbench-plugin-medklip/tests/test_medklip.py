@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from xbench_plugin_medklip import SPEC
+from xbench_plugin_medklip import model as model_module
 from xbench_plugin_medklip import text_encoder as text_module
 from xbench_plugin_medklip.entities import (
     DESCRIPTIONS_SHA256,
@@ -370,6 +371,24 @@ def test_real_descriptions_parse_in_the_official_order() -> None:
     # MAVL's copy (used by MAVL's evaluation of MedKLIP) adds covid19 after the 75
     mavl_copy = read_descriptions(realdata("medklip-mavl", "mavl_observation_explanation.json"))
     assert tuple(mavl_copy)[:75] == ENTITIES and tuple(mavl_copy)[75:] == ("covid19",)
+
+
+def test_descriptions_download_is_checked_against_the_official_sha256(tmp_path, monkeypatch):
+    real = realdata("medklip-mavl", "medklip_observation_explanation.json")
+    monkeypatch.setenv("XBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XBENCH_MEDKLIP_DESCRIPTIONS", raising=False)
+    # the real file stands in for the official raw URL
+    monkeypatch.setattr(model_module, "DESCRIPTIONS_URL", real.as_uri())
+    assert tuple(model_module.load_descriptions(None, random=False)) == ENTITIES
+    cached = tmp_path / "home" / "assets" / "medklip-entity-descriptions"
+    assert (cached / "observation explanation.json").read_bytes() == real.read_bytes()
+    # other content at that URL is refused
+    monkeypatch.setenv("XBENCH_HOME", str(tmp_path / "other-home"))
+    other = _write_descriptions(tmp_path / "other.json")
+    monkeypatch.setattr(model_module, "DESCRIPTIONS_URL", other.as_uri())
+    with pytest.raises(AssetError, match="SHA-256"):
+        model_module.load_descriptions(None, random=False)
+    assert model_module.load_descriptions(None, random=True) == placeholder_descriptions()
 
 
 def test_malformed_descriptions_name_the_key(tmp_path) -> None:

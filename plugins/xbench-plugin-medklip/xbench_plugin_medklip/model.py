@@ -62,6 +62,24 @@ def _identity(features: Any) -> Any:
     return features
 
 
+def load_descriptions(given: str | None, *, random: bool) -> dict[str, str]:
+    """The entity descriptions: the given file, $XBENCH_MEDKLIP_DESCRIPTIONS, the cache, or the
+    official file downloaded and checked against its SHA-256; placeholders for a random model
+    with nothing given."""
+    if random and given is None:
+        return placeholder_descriptions()
+    path = resolve_asset(
+        "MedKLIP entity descriptions",
+        given,
+        env="XBENCH_MEDKLIP_DESCRIPTIONS",
+        url=DESCRIPTIONS_URL,
+        sha256=DESCRIPTIONS_SHA256,
+        filename=DESCRIPTIONS_FILENAME,
+        option="medklip.descriptions",
+    )
+    return read_descriptions(path)
+
+
 class MedKLIP(Model):
     """MedKLIP for XBench (see the module docstring for the score and the map)."""
 
@@ -92,21 +110,7 @@ class MedKLIP(Model):
                 option="medklip.checkpoint",
                 hint=CHECKPOINT_HINT,
             )
-        if self.random_weights and descriptions is None:
-            self.descriptions = placeholder_descriptions()
-            self.descriptions_source = "generated placeholders"
-        else:
-            path = resolve_asset(
-                "MedKLIP entity descriptions",
-                descriptions,
-                env="XBENCH_MEDKLIP_DESCRIPTIONS",
-                url=DESCRIPTIONS_URL,
-                sha256=DESCRIPTIONS_SHA256,
-                filename=DESCRIPTIONS_FILENAME,
-                option="medklip.descriptions",
-            )
-            self.descriptions = read_descriptions(path)
-            self.descriptions_source = str(path)
+        self.descriptions = load_descriptions(descriptions, random=self.random_weights)
         self.text_encoder = resolve_text_encoder(
             text_encoder,
             allow_random=self.random_weights,

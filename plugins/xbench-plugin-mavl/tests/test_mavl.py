@@ -1,0 +1,507 @@
+"""Tests of the MAVL plugin: the full-size network with random weights, the official checkpoint
+layout, the descriptions and aspects, the tokenizer quirk, the query cache and the preprocessing."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from xbench_plugin_mavl import SPEC
+from xbench_plugin_mavl import model as model_module
+from xbench_plugin_mavl import text_encoder as text_module
+from xbench_plugin_mavl.entities import (
+    ASPECTS,
+    ASPECTS_SHA256,
+    DESCRIPTIONS_SHA256,
+    ENTITIES,
+    FINDING_TO_ENTITY,
+    placeholder_aspects,
+    placeholder_descriptions,
+    read_aspects,
+    read_descriptions,
+)
+from xbench_plugin_mavl.preprocessing import MEAN, STD, equalize_histogram, preprocess_image
+
+from xbench_core import FINDINGS, AssetError, CheckpointError, DataError, UnsupportedFinding
+from xbench_core.testing import (
+    ModelPluginTests,
+    compare_with_key_listing,
+    generated_vocabulary,
+    realdata,
+    reference,
+    save_official_checkpoint,
+    write_bert_folder,
+)
+
+# Words of the placeholder texts, so that the tiny vocabulary keeps them whole and the test
+# embeddings stay cheap.
+_WORDS = [*ENTITIES, *ASPECTS, "covid19", "changed", "seen", "chest", "x", "ray", "the", "of"]
+PNEUMONIA, EFFUSION = ENTITIES.index("pneumonia"), ENTITIES.index("effusion")
+
+
+def _tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A BERT with Bio_ClinicalBERT's hidden size (768, what disease_embedding_layer takes) but one
+    layer and a small generated vocabulary: cheap, local, never a download."""
+    return write_bert_folder(
+        folder,
+        vocab=generated_vocabulary(extra_words=_WORDS),
+        hidden_size=768,
+        num_hidden_layers=1,
+        num_attention_heads=12,
+        intermediate_size=64,
+        weights=True,
+        seed=seed,
+    )
+
+
+def _write_files(folder: Path, *, covid: bool = True) -> tuple[Path, Path]:
+    """Descriptions and aspects files in the official formats (objects keyed by entity name; the
+    descriptions in a shuffled key order, since MAVL reads them by name). The texts are the
+    placeholders, so that the query cache already holds them."""
+    descriptions, aspects = placeholder_descriptions(), placeholder_aspects()
+    names = list(reversed(ENTITIES)) + (["covid19"] if covid else [])
+    (folder / "observation explanation.json").write_text(
+        json.dumps({name: descriptions[name] for name in names}, indent=1), encoding="utf-8"
+    )
+    (folder / "gpt4_mimic.json").write_text(
+        json.dumps({name: aspects[name] for name in names}, indent=1), encoding="utf-8"
+    )
+    return folder / "observation explanation.json", folder / "gpt4_mimic.json"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory):
+    """A private XBENCH_HOME for this module (the query cache lands there)."""
+    folder = tmp_path_factory.mktemp("xbench-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XBENCH_HOME", str(folder))
+        for name in ("CHECKPOINT", "TEXT_ENCODER", "DESCRIPTIONS", "ASPECTS"):
+            patch.delenv(f"XBENCH_MAVL_{name}", raising=False)
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def shared_model(home: Path, tiny_bert: Path):
+    return SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
+
+
+def _pixels(model, n: int, seed: int = 0, size: int | None = None) -> torch.Tensor:
+    """n preprocessed random images; with `size`, a smaller normalized input (the network is
+    convolutional up to the decoder, so the math checks hold on a coarser grid, at a fraction of
+    the CPU time)."""
+    rng = np.random.default_rng(seed)
+    if size is not None:
+        return torch.from_numpy(rng.standard_normal((n, 3, size, size), dtype=np.float32))
+    return torch.stack(
+        [model.preprocess(rng.random((120, 100), dtype=np.float32))[0] for _ in range(n)]
+    )
+
+
+class TestMAVL(ModelPluginTests):
+    name = "mavl"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model(cls, shared_model):
+        return shared_model
+
+    def test_state_dict_matches_official_listing(self, model) -> None:
+        listing = reference("checkpoint-keys", "mavl_model.json")
+        missing, unexpected, shapes = compare_with_key_listing(model.module.state_dict(), listing)
+        assert (missing, unexpected, shapes) == ([], [], [])
+        # Same order too (module creation order as in the official __init__ and layer).
+        assert list(model.module.state_dict()) == list(json.loads(listing.read_text()))
+        assert model.random_weights is True
+
+    def test_concept_book_is_entity_major_and_outside_the_state_dict(self, model) -> None:
+        # 76 entities (the placeholders include covid19) x 9 concepts
+        assert model.entities[-1] == "covid19" and len(model.entities) == 76
+        assert tuple(model.module.concept_book.shape) == (76 * 9, 768)
+        assert "concept_book" not in model.module.state_dict()
+        # row 9 * e is the description of entity e, rows 9 * e + 1 .. + 8 its aspects
+        encoder = model.text_encoder
+        texts = [model.descriptions["effusion"], model.aspects["effusion"][5]]
+        book = text_module.embed_texts(encoder, texts, tag="mavl-test")
+        torch.testing.assert_close(model.module.concept_book[9 * EFFUSION], book[0])
+        torch.testing.assert_close(model.module.concept_book[9 * EFFUSION + 6], book[1])
+
+    def test_scores_and_maps_follow_the_official_rule(self, model) -> None:
+        findings = ["pneumonia", "fibrosis", "pleural_effusion"]
+        rows = [PNEUMONIA, ENTITIES.index("tail_abnorm_obs"), EFFUSION]
+        pixels = _pixels(model, 1)
+        with torch.inference_mode():
+            queries = model.encode_queries(findings)
+            out = model.forward(pixels, queries)
+            logits, attention, grid = model.module(pixels, 75)
+        assert queries.entities == 75 and grid == (14, 14) and len(attention) == 4
+        assert tuple(logits.shape) == (1, 75, 2) and tuple(attention[0].shape) == (1, 675, 196)
+        torch.testing.assert_close(out.scores, torch.softmax(logits, dim=-1)[:, rows, 1])
+        # official: average the 4 layers, view [B, 75, 9, 196], keep concepts [0, 6, 7, 8], mean
+        ws = (attention[-4] + attention[-3] + attention[-2] + attention[-1]) / 4
+        ws = ws.view(1, 75, 9, -1)[:, :, [0, 6, 7, 8]].mean(2)
+        torch.testing.assert_close(out.maps["cross_attention"], ws.reshape(1, 75, 14, 14)[:, rows])
+        torch.testing.assert_close(
+            out.maps["cross_attention"].sum(dim=(-2, -1)), torch.ones(1, 3), atol=1e-5, rtol=0
+        )
+        with torch.no_grad():
+            difference = model.logits(pixels, queries)
+        torch.testing.assert_close(torch.sigmoid(difference), out.scores, atol=1e-6, rtol=1e-5)
+
+    def test_classifier_reads_the_nine_concepts_of_an_entity(self, model) -> None:
+        # The classifier sees [concept 0 | concept 1 | ... | concept 8] of one entity: changing one
+        # entity's concept queries changes that entity's logits and (through self-attention)
+        # only slightly the others'.
+        net = copy.deepcopy(model.module)
+        pixels = _pixels(model, 1, size=64)
+        with torch.no_grad():
+            before, _, _ = net(pixels, 75)
+            net.concept_book[9 * PNEUMONIA : 9 * PNEUMONIA + 9] = net.concept_book[0:9]
+            after, _, _ = net(pixels, 75)
+        change = (after - before).abs().amax(dim=-1)[0]
+        assert float(change[PNEUMONIA]) > 10 * float(change[EFFUSION])
+
+    def test_feature_layer_is_layer3_and_carries_gradients(self, model) -> None:
+        layer = model.feature_layer()
+        captured, gradient = {}, {}
+        handle = layer.module.register_forward_hook(
+            lambda module, args, output: captured.setdefault("grid", layer.to_grid(output))
+        )
+        try:
+            value = model.logits(_pixels(model, 1, size=96), model.encode_queries(["pneumonia"]))
+            captured["grid"].register_hook(lambda g: gradient.setdefault("g", g))
+            value.sum().backward()
+        finally:
+            handle.remove()
+            model.module.zero_grad(set_to_none=True)
+        assert tuple(captured["grid"].shape) == (1, 1024, 6, 6)  # 96 / 16
+        assert float(gradient["g"].abs().sum()) > 0
+
+    def test_bf16_autocast(self, model) -> None:
+        pixels = _pixels(model, 1, size=96)
+        queries = model.encode_queries(["pneumonia", "pneumothorax"])
+        with torch.inference_mode():
+            reference_out = model.forward(pixels, queries)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model.forward(pixels, queries)
+        assert out.scores.dtype == torch.float32
+        assert torch.isfinite(out.maps["cross_attention"]).all()
+        assert float((out.scores - reference_out.scores).abs().max()) < 0.05
+
+    def test_covid19_is_appended_only_when_asked_for(self, model) -> None:
+        pixels = _pixels(model, 1, size=96)
+        with torch.inference_mode():
+            alone = model.forward(pixels, model.encode_queries(["pneumonia"]))
+            queries = model.encode_queries(["pneumonia", "covid19"])
+            both = model.forward(pixels, queries)
+        assert queries.entities == 76 and queries.rows.tolist() == [PNEUMONIA, 75]
+        assert both.maps["cross_attention"].shape == (1, 2, 6, 6)
+        # the appended 9 queries take part in the self-attention (official COVID configs)
+        assert not torch.equal(alone.scores[:, 0], both.scores[:, 0])
+        torch.testing.assert_close(alone.scores[:, 0], both.scores[:, 0], atol=0.05, rtol=0)
+
+    def test_preprocess_squash_and_normalization(self, model) -> None:
+        image = np.full((300, 200), 0.5, np.float32)
+        image[:150] = 1.0
+        pixels, geometry = model.preprocess(image)
+        assert tuple(pixels.shape) == (3, 224, 224) and pixels.dtype == torch.float32
+        assert geometry.kind == "squash" and geometry.scale == (224 / 300, 224 / 200)
+        for channel in range(3):
+            assert float(pixels[channel, 0, 0]) == pytest.approx(
+                (1.0 - MEAN[channel]) / STD[channel]
+            )
+            assert float(pixels[channel, -1, -1]) == pytest.approx(
+                (0.5 - MEAN[channel]) / STD[channel]
+            )
+
+    def test_unsupported_findings(self, model) -> None:
+        for finding in ("tuberculosis", "aortic_enlargement", "ild", "copd"):
+            assert not model.supports(finding)
+        with pytest.raises(UnsupportedFinding, match="tuberculosis"):
+            model.encode_queries(["pneumonia", "tuberculosis"])
+
+
+def test_findings_table() -> None:
+    canonical = {f.id for f in FINDINGS}
+    assert set(FINDING_TO_ENTITY) <= canonical
+    assert set(FINDING_TO_ENTITY.values()) <= {*ENTITIES, "covid19"}
+    assert FINDING_TO_ENTITY["infiltration"] == "infiltrate"
+    assert FINDING_TO_ENTITY["pleural_thickening"] == "thicken"
+    assert FINDING_TO_ENTITY["fibrosis"] == "tail_abnorm_obs"
+    assert FINDING_TO_ENTITY["enlarged_cardiomediastinum"] == "enlarge"
+    assert FINDING_TO_ENTITY["lung_opacity"] == "opacity"
+    assert FINDING_TO_ENTITY["pleural_effusion"] == "effusion"
+    assert FINDING_TO_ENTITY["covid19"] == "covid19"
+    assert len(ENTITIES) == 75 and PNEUMONIA == 20
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+_UNPICKLED: list[str] = []
+
+
+def _record_call(message: str) -> str:
+    _UNPICKLED.append(message)
+    return message
+
+
+class FakeAcceleratorConfig:
+    """Stands for the pickled config objects of the release; unpickling it would run code."""
+
+    def __reduce__(self):
+        return (_record_call, ("the checkpoint's pickled config was executed",))
+
+
+def test_official_checkpoint_loads_strictly(shared_model, tiny_bert, tmp_path) -> None:
+    generator = torch.Generator().manual_seed(1)
+    state = {
+        key: (value + 0.01 * torch.randn(value.shape, generator=generator)).clone()
+        if value.is_floating_point()
+        else value.clone()
+        for key, value in shared_model.module.state_dict().items()
+    }
+    save_official_checkpoint(
+        {**state, "temp": torch.full((9,), 0.07)},  # the per-aspect temperature, dropped
+        tmp_path / "checkpoint_full_46.pth",
+        container="model",
+        prefix="module.",
+        extra={
+            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+            "config": FakeAcceleratorConfig(),
+            "epoch": 46,
+        },
+    )
+    descriptions, aspects = _write_files(tmp_path)
+    # a folder and variant=full_46 find checkpoint_full_46.pth in it
+    loaded = SPEC.build(
+        checkpoint=str(tmp_path),
+        variant="full_46",
+        text_encoder=str(tiny_bert),
+        descriptions=str(descriptions),
+        aspects=str(aspects),
+    )
+    assert _UNPICKLED == [], "the pickled config object was executed"
+    assert loaded.random_weights is False
+    for key, value in loaded.module.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    # read by name: same texts as the placeholders, so the same (cached) concept book
+    torch.testing.assert_close(loaded.module.concept_book, shared_model.module.concept_book)
+    expected_module = copy.deepcopy(shared_model.module)
+    expected_module.load_state_dict(state)
+    pixels = _pixels(loaded, 1, size=96)
+    with torch.inference_mode():
+        out = loaded.forward(pixels, loaded.encode_queries(["pneumonia", "pleural_effusion"]))
+        logits, attention, _ = expected_module(pixels, 75)
+    torch.testing.assert_close(out.scores, torch.softmax(logits, -1)[:, [PNEUMONIA, EFFUSION], 1])
+    ws = (sum(attention) / 4).view(1, 75, 9, 36)[:, :, [0, 6, 7, 8]].mean(2)
+    torch.testing.assert_close(
+        out.maps["cross_attention"], ws.reshape(1, 75, 6, 6)[:, [PNEUMONIA, EFFUSION]]
+    )
+
+
+def test_corrupted_checkpoint_lists_the_offending_keys(shared_model, tiny_bert, tmp_path) -> None:
+    state = dict(shared_model.module.state_dict())
+    del state["pool.positional_embedding"]
+    state["classifier.weight"] = torch.zeros(2, 256)  # a MedKLIP-shaped classifier
+    path = save_official_checkpoint(
+        state, tmp_path / "checkpoint_full_40.pth", container="model", prefix="module."
+    )
+    descriptions, aspects = _write_files(tmp_path)
+    with pytest.raises(CheckpointError) as info:
+        SPEC.build(
+            checkpoint=str(path),
+            text_encoder=str(tiny_bert),
+            descriptions=str(descriptions),
+            aspects=str(aspects),
+        )
+    message = str(info.value)
+    assert "pool.positional_embedding" in message and "classifier.weight" in message
+    assert "(2, 2304)" in message and "(2, 256)" in message
+
+
+def test_missing_checkpoint_says_where_to_get_it(home) -> None:
+    with pytest.raises(AssetError) as info:
+        SPEC.build(variant="full_46")
+    message = str(info.value)
+    assert "checkpoint_full_46.pth" in message and "Google Drive" in message
+    assert "mavl.checkpoint" in message and "XBENCH_MAVL_CHECKPOINT" in message
+
+
+# ---- descriptions and aspects ----------------------------------------------------------------
+
+
+def test_real_files_parse_into_75_entities_of_9_concepts() -> None:
+    description_file = realdata("medklip-mavl", "mavl_observation_explanation.json")
+    aspect_file = realdata("medklip-mavl", "mavl_gpt4_mimic.json")
+    assert hashlib.sha256(description_file.read_bytes()).hexdigest() == DESCRIPTIONS_SHA256
+    assert hashlib.sha256(aspect_file.read_bytes()).hexdigest() == ASPECTS_SHA256
+    descriptions, aspects = read_descriptions(description_file), read_aspects(aspect_file)
+    assert tuple(descriptions)[:75] == ENTITIES and tuple(descriptions)[75:] == ("covid19",)
+    assert tuple(aspects)[:75] == ENTITIES and tuple(aspects)[75:] == ("covid19",)
+    assert all(len(texts) == 8 for texts in aspects.values())
+    concepts = {name: [descriptions[name], *aspects[name]] for name in ENTITIES}
+    assert len(concepts) == 75 and {len(c) for c in concepts.values()} == {9}
+    assert descriptions["pneumonia"].startswith("Pneumonia is an inflammatory condition")
+    # concept 7 (shape) of pneumothorax, the example in the reference notes
+    assert concepts["pneumothorax"][7] == (
+        "shape: a clear, distinct line indicating the edge of the lung, which has collapsed or "
+        "become compressed."
+    )
+    for name in ENTITIES:
+        labels = [text.split(":")[0].strip() for text in aspects[name]]
+        assert labels[:4] == ["border", "fluid", "location", "opacity"]
+        assert labels[5:] == ["patterns", "shape", "texture"]
+
+
+def test_downloads_are_checked_against_the_official_sha256(tmp_path, monkeypatch) -> None:
+    real_descriptions = realdata("medklip-mavl", "mavl_observation_explanation.json")
+    real_aspects = realdata("medklip-mavl", "mavl_gpt4_mimic.json")
+    monkeypatch.setenv("XBENCH_HOME", str(tmp_path / "home"))
+    for name in ("DESCRIPTIONS", "ASPECTS"):
+        monkeypatch.delenv(f"XBENCH_MAVL_{name}", raising=False)
+    # the real files stand in for the official raw URLs
+    monkeypatch.setattr(model_module, "DESCRIPTIONS_URL", real_descriptions.as_uri())
+    monkeypatch.setattr(model_module, "ASPECTS_URL", real_aspects.as_uri())
+    assert tuple(model_module.load_descriptions(None, random=False))[:75] == ENTITIES
+    assert tuple(model_module.load_aspects(None, random=False))[:75] == ENTITIES
+    # the aspects URL serving the descriptions file is refused by its SHA-256
+    monkeypatch.setenv("XBENCH_HOME", str(tmp_path / "other-home"))
+    monkeypatch.setattr(model_module, "ASPECTS_URL", real_descriptions.as_uri())
+    with pytest.raises(AssetError, match="SHA-256"):
+        model_module.load_aspects(None, random=False)
+
+
+def test_malformed_files_name_the_problem(tmp_path) -> None:
+    descriptions, aspects = _write_files(tmp_path, covid=False)
+    data = json.loads(descriptions.read_text())
+    del data["hernia"]
+    descriptions.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="no description for 1 MAVL entities: hernia"):
+        read_descriptions(descriptions)
+    data = json.loads(aspects.read_text())
+    data["mass"] = data["mass"][1:] + data["mass"][:1]  # border moved to the end
+    aspects.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="'mass': expected the 'border' aspect"):
+        read_aspects(aspects)
+    data["mass"] = data["mass"][:7]
+    aspects.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="'mass' has 7 aspects"):
+        read_aspects(aspects)
+
+
+def test_without_covid19_entries_covid19_is_unsupported(tmp_path) -> None:
+    descriptions, aspects = _write_files(tmp_path, covid=False)
+    assert "covid19" not in read_descriptions(descriptions)
+    assert "covid19" not in read_aspects(aspects)
+
+
+# ---- tokenizer and query cache -------------------------------------------------------------
+
+
+def test_tokenizer_has_no_sep_and_pads_to_64(tmp_path) -> None:
+    from transformers import BertTokenizer
+
+    folder = write_bert_folder(tmp_path / "bert", vocab=generated_vocabulary(size=600))
+    tokenizer = BertTokenizer.from_pretrained(str(folder))
+    assert len(tokenizer) == 600  # the vocabulary really loaded (transformers 5 pitfall)
+    texts = ["shape: a clear, distinct line at the lung apex.", " ".join(["border"] * 90)]
+    ids, mask = text_module.tokenize_without_sep(tokenizer, texts)
+    assert tuple(ids.shape) == (2, 64) and (ids[:, 0] == tokenizer.cls_token_id).all()
+    assert not (ids == tokenizer.sep_token_id).any()
+    stock = tokenizer(texts[0])["input_ids"]
+    assert stock[-1] == tokenizer.sep_token_id
+    assert ids[0, : len(stock) - 1].tolist() == stock[:-1]
+    assert int(mask[0].sum()) == len(stock) - 1 and ids[0, len(stock) - 1 :].eq(0).all()
+    assert int(mask[1].sum()) == 64
+
+
+def test_query_cache_is_reused_and_invalidated(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XBENCH_HOME", str(tmp_path / "home"))
+    calls = []
+    original = text_module.run_bert
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(text_module, "run_bert", counting)
+    bert = _tiny_bert(tmp_path / "bert", seed=0)
+    texts = [f"border of {name}" for name in ENTITIES[:20]]
+
+    def embed(these: list[str] = texts) -> torch.Tensor:
+        encoder = text_module.resolve_text_encoder(
+            str(bert), allow_random=False, env="UNSET_ENV_FOR_TEST", option="x"
+        )
+        return text_module.embed_texts(encoder, these, tag="mavl")
+
+    first = embed()
+    again = embed()
+    assert len(calls) == 1 and torch.equal(first, again)
+    assert len(list((tmp_path / "home" / "queries").glob("mavl-*.safetensors"))) == 1
+    changed = embed([*texts[:-1], "border of changed"])
+    assert len(calls) == 2 and not torch.equal(changed[-1], first[-1])
+    time.sleep(0.01)
+    _tiny_bert(tmp_path / "bert", seed=1)  # the same folder, other weights
+    other = embed()
+    assert len(calls) == 3 and not torch.allclose(other, first)
+
+
+def test_model_reuses_the_query_cache(home, tiny_bert, shared_model, monkeypatch) -> None:
+    monkeypatch.setattr(text_module, "run_bert", lambda *a, **k: pytest.fail("recomputed"))
+    model = SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
+    assert torch.equal(model.module.concept_book, shared_model.module.concept_book)
+    assert any(Path(home, "queries").glob("mavl-*.safetensors"))
+
+
+# ---- preprocessing ---------------------------------------------------------------------------
+
+
+def test_histogram_equalization_matches_skimage(shared_model) -> None:
+    # expected values from skimage.exposure.equalize_hist 0.26.0 on the same array
+    image = np.array([[0, 0, 1, 2], [2, 2, 2, 3]], np.float64) / 3
+    expected = np.array([[0.25, 0.25, 0.3541666667, 0.875], [0.875, 0.875, 0.875, 1.0]])
+    np.testing.assert_allclose(equalize_histogram(image), expected, atol=1e-9)
+    ramp = np.tile(np.linspace(0, 1, 100, dtype=np.float32) ** 3, (80, 1))
+    equalized, _ = preprocess_image(ramp, equalize=True)
+    plain, _ = shared_model.preprocess(ramp)
+    assert shared_model.equalize_hist is False and not torch.allclose(plain, equalized)
+    assert 0.4 < float((equalized[0] * STD[0] + MEAN[0] > 0.5).float().mean()) < 0.6
+
+
+# ---- full size, slow ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_full_size_random_default_and_timing(tmp_path, monkeypatch) -> None:
+    """checkpoint=random with nothing else: a generated Bio_ClinicalBERT-shaped BERT, no file."""
+    monkeypatch.setenv("XBENCH_HOME", str(tmp_path / "home"))
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    model = SPEC.build(checkpoint="random")
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    again = SPEC.build(checkpoint="random")
+    cached = time.perf_counter() - start
+    assert torch.equal(model.module.concept_book, again.module.concept_book)
+    assert tuple(model.module.concept_book.shape) == (76 * 9, 768)
+    pixels = _pixels(model, 8)
+    queries = model.encode_queries(["pneumonia", "pleural_effusion", "pneumothorax"])
+    with torch.inference_mode():
+        model.forward(pixels[:1], queries)
+        start = time.perf_counter()
+        model.forward(pixels, queries)
+        per_image = (time.perf_counter() - start) / 8
+    print(
+        f"\nMAVL: build with query embedding {first:.1f} s, with the cache {cached:.1f} s, "
+        f"forward {per_image:.3f} s per image at batch 8 ({torch.get_num_threads()} threads)"
+    )

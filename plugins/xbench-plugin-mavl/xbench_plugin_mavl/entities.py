@@ -1,0 +1,174 @@
+"""MAVL's 75 entities, their descriptions and visual aspects, and the table from XBench findings to
+entities.
+
+The entity list and order are `original_class` of the official Zero-shot_grounding/test.py (the
+MedKLIP list). Each entity has 9 concepts: its description (MAVL's 'observation explanation.json',
+read by name: `[json_book[i] for i in original_class]`) and 8 GPT-4 visual aspects
+(Pretrain/concept_gen/gpt4_mimic.json, read by name: `{i: concepts[i] for i in original_class}`),
+in the order border, fluid, location, opacity, other, patterns, shape, texture.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from xbench_core import DataError
+
+ENTITIES: tuple[str, ...] = (
+    "normal", "clear", "sharp", "sharply", "unremarkable", "intact", "stable", "free",
+    "effusion", "opacity", "pneumothorax", "edema", "atelectasis", "tube", "consolidation",
+    "process", "abnormality", "enlarge", "tip", "low", "pneumonia", "line", "congestion",
+    "catheter", "cardiomegaly", "fracture", "air", "tortuous", "lead", "disease", "calcification",
+    "prominence", "device", "engorgement", "picc", "clip", "elevation", "expand", "nodule", "wire",
+    "fluid", "degenerative", "pacemaker", "thicken", "marking", "scar", "hyperinflate", "blunt",
+    "loss", "widen", "collapse", "density", "emphysema", "aerate", "mass", "crowd", "infiltrate",
+    "obscure", "deformity", "hernia", "drainage", "distention", "shift", "stent", "pressure",
+    "lesion", "finding", "borderline", "hardware", "dilation", "chf", "redistribution",
+    "aspiration", "tail_abnorm_obs", "excluded_obs",
+)  # fmt: skip
+
+# Appended as a 76th entity by the official code for COVID data (Zero-shot_grounding/test.py:
+# `original_class.append('covid19')` when dataset is covid-r); both released files have it.
+EXTRA_ENTITY = "covid19"
+
+ASPECTS: tuple[str, ...] = (
+    "border", "fluid", "location", "opacity", "other", "patterns", "shape", "texture",
+)  # fmt: skip
+CONCEPTS: tuple[str, ...] = ("description", *ASPECTS)
+# The concepts the official grounding averages: ws.view(B, n_disease, 9, -1)[:, :, [0, 6, 7, 8]]
+MAP_CONCEPTS: tuple[int, ...] = (0, 6, 7, 8)
+_ASPECT_SPELLINGS = {"other": ("other", "others")}  # three entries of gpt4_mimic.json say "others"
+
+# XBench finding id -> MAVL entity: the same table as MedKLIP's (same entities). Official mappings:
+# ChestX-ray14 and CheXpert in MAVL's Zero-shot_classification/test.py (`chexray14_cls`: fibrosis
+# -> tail_abnorm_obs, pleural thickening -> thicken, infiltration -> infiltrate; `chexpert_cls`: no
+# finding -> normal, enlarged cardiomediastinum -> enlarge, lung opacity -> opacity, lung lesion ->
+# lesion, pleural other -> abnormality, support devices -> device), covid19 in its COVID configs.
+# The rows marked "XBench" have no official mapping (README, "Findings").
+FINDING_TO_ENTITY: dict[str, str] = {
+    "atelectasis": "atelectasis",
+    "calcification": "calcification",
+    "cardiomegaly": "cardiomegaly",
+    "clavicle_fracture": "fracture",  # XBench: the only fracture entity
+    "consolidation": "consolidation",
+    "covid19": "covid19",  # when both files have the entry (the released ones do)
+    "diffuse_nodule": "nodule",  # XBench
+    "edema": "edema",
+    "emphysema": "emphysema",
+    "enlarged_cardiomediastinum": "enlarge",
+    "fibrosis": "tail_abnorm_obs",
+    "fracture": "fracture",
+    "ground_glass_opacity": "opacity",  # XBench
+    "hernia": "hernia",
+    "infiltration": "infiltrate",
+    "lung_lesion": "lesion",
+    "lung_opacity": "opacity",
+    "lung_tumor": "mass",  # XBench: "a lung mass ... can also view as lung cancer"
+    "mass": "mass",
+    "mediastinal_shift": "shift",  # XBench: "The mediastinal shift is ..."
+    "no_finding": "normal",
+    "nodule": "nodule",
+    "nodule_mass": "lesion",  # XBench: "Lung nodules, ... lesions these terms all describe ..."
+    "pleural_effusion": "effusion",
+    "pleural_other": "abnormality",
+    "pleural_thickening": "thicken",
+    "pneumonia": "pneumonia",
+    "pneumothorax": "pneumothorax",
+    "rib_fracture": "fracture",  # XBench: "fracture is a break in a rib bone"
+    "support_devices": "device",
+}
+
+# The official files, pinned to the commit read for this plugin (1597030, 2024-07-02).
+_RAW = "https://raw.githubusercontent.com/HieuPhan33/MAVL/15970307d6a82b054f1c2da91bb6672346a40cb0/"
+DESCRIPTIONS_URL = _RAW + "Zero-shot_grounding/observation%20explanation.json"
+DESCRIPTIONS_SHA256 = "453b9b8da7739ad7b5f84649fc9bc275e3317cd0ccb62616033f964287b9832e"
+DESCRIPTIONS_FILENAME = "observation explanation.json"
+ASPECTS_URL = _RAW + "Pretrain/concept_gen/gpt4_mimic.json"
+ASPECTS_SHA256 = "f03b7f86839f8023e10789baa7d297356795844038fadfde55ddbfc30a6cf482"
+ASPECTS_FILENAME = "gpt4_mimic.json"
+
+_NAMES = (*ENTITIES, EXTRA_ENTITY)
+
+
+def placeholder_descriptions() -> dict[str, str]:
+    """Generated stand-ins for `checkpoint: random` without files (covid19 included)."""
+    return {name: f"{name.replace('_', ' ')} is seen on the chest x-ray." for name in _NAMES}
+
+
+def placeholder_aspects() -> dict[str, list[str]]:
+    """Generated stand-ins for the 8 aspects of every entity (covid19 included)."""
+    return {
+        name: [f"{aspect}: the {aspect} of {name.replace('_', ' ')}." for aspect in ASPECTS]
+        for name in _NAMES
+    }
+
+
+def _load_json(path: Path, what: str, option: str) -> object:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(
+            f"cannot read the MAVL {what} {path}: {error}. Pass the official file with "
+            f"--set mavl.{option}=PATH."
+        ) from error
+
+
+def read_descriptions(path: str | Path) -> dict[str, str]:
+    """Parse MAVL's 'observation explanation.json': entity -> description, in the official entity
+    order, plus covid19 when present. Entries are looked up by name, as the official code does;
+    other entries are not used."""
+    path = Path(path)
+    raw = _load_json(path, "descriptions", "descriptions")
+    if not isinstance(raw, dict):
+        raise DataError(f"{path} is not a MAVL descriptions file: expected a JSON object.")
+    missing = [name for name in ENTITIES if name not in raw]
+    if missing:
+        raise DataError(
+            f"{path} has no description for {len(missing)} MAVL entities: {', '.join(missing[:10])}"
+            f"{' ...' if len(missing) > 10 else ''}. Pass MAVL's 'observation explanation.json' "
+            "(Zero-shot_grounding/)."
+        )
+    out = {}
+    for name in _NAMES:
+        if name in raw:
+            value = raw[name]
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{path}: the description of {name!r} is not a non-empty string.")
+            out[name] = value
+    return out
+
+
+def read_aspects(path: str | Path) -> dict[str, list[str]]:
+    """Parse gpt4_mimic.json: entity -> its 8 aspect texts in the order border, fluid, location,
+    opacity, other, patterns, shape, texture (each text starts with its aspect's name)."""
+    path = Path(path)
+    raw = _load_json(path, "aspects", "aspects")
+    if not isinstance(raw, dict):
+        raise DataError(f"{path} is not a MAVL aspects file: expected a JSON object.")
+    missing = [name for name in ENTITIES if name not in raw]
+    if missing:
+        raise DataError(
+            f"{path} has no aspects for {len(missing)} MAVL entities: {', '.join(missing[:10])}"
+            f"{' ...' if len(missing) > 10 else ''}. Pass MAVL's Pretrain/concept_gen/gpt4_mimic.json."
+        )
+    out = {}
+    for name in _NAMES:
+        if name not in raw:
+            continue
+        texts = raw[name]
+        if not isinstance(texts, list) or len(texts) != len(ASPECTS):
+            raise DataError(
+                f"{path}: entity {name!r} has {len(texts) if isinstance(texts, list) else texts!r} "
+                f"aspects; MAVL needs exactly {len(ASPECTS)} ({', '.join(ASPECTS)})."
+            )
+        for aspect, text in zip(ASPECTS, texts):
+            label = text.split(":", 1)[0].strip().lower() if isinstance(text, str) else None
+            if label not in _ASPECT_SPELLINGS.get(aspect, (aspect,)):
+                raise DataError(
+                    f"{path}: entity {name!r}: expected the {aspect!r} aspect, got {text!r}; the "
+                    f"aspects must come in the order {', '.join(ASPECTS)}, because the grounding "
+                    "map averages concepts 0, 6, 7, 8 by position."
+                )
+        out[name] = list(texts)
+    return out
