@@ -77,7 +77,11 @@ class temporary_plugin:  # noqa: N801 - used as a context manager and a decorato
 
     def __enter__(self) -> Any:
         register_plugin(self.plugin, self.name)
-        return get_registry()
+        try:
+            return get_registry()
+        except BaseException:
+            unregister_plugin(self.name)  # a plugin that breaks the registry must not outlive the test
+            raise
 
     def __exit__(self, *exc: object) -> None:
         unregister_plugin(self.name)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError, PluginError
-from .geometry import Geometry
-from .io.regions import Region
+
+if TYPE_CHECKING:  # numpy and the region/geometry modules stay out of `xbench list`'s imports
+    import numpy as np
+
+    from .io.regions import Region
 
 __all__ = [
     "Option",
@@ -25,8 +26,6 @@ __all__ = [
     "MetricSpec",
     "Sample",
     "ModelOutput",
-    "Region",
-    "Geometry",
     "resolve_factory",
 ]
 
