@@ -19,7 +19,26 @@ from .errors import (
 from .findings import FINDINGS, canonical, display_name
 from .geometry import Geometry, letterbox_crop, resize, shortest_side_crop, squash
 from .hookspecs import hookimpl
-from .io.regions import Region, decode_coco_rle, decode_relative_rle, encode_coco_rle
+from .io.files import (
+    ID_COLUMNS,
+    IMAGE_SUFFIXES,
+    DicomHeader,
+    IdList,
+    ImageIndex,
+    dicom_header,
+    find_file,
+    id_from_value,
+    open_text,
+    read_id_list,
+    split_image_name,
+)
+from .io.regions import (
+    Region,
+    coco_rle_area,
+    decode_coco_rle,
+    decode_relative_rle,
+    encode_coco_rle,
+)
 from .model import Explainer, FeatureLayer, Model
 from .types import (
     DatasetSpec,
@@ -71,10 +90,12 @@ def resolve_asset(name, given=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
 
 __all__ = [
     "AssetError", "CheckpointError", "ConfigError", "DataError", "Dataset", "DatasetSpec",
-    "Explainer", "ExplainerSpec", "FINDINGS", "FeatureLayer", "Geometry", "ImageReadError",
-    "MapError", "MetricSpec", "Model", "ModelOutput", "ModelSpec", "Option", "PluginError",
-    "Problem", "Region", "Sample", "UnsupportedFinding", "XBenchError", "canonical",
-    "decode_coco_rle", "decode_relative_rle", "display_name", "encode_coco_rle", "hookimpl",
-    "letterbox_crop", "load_checkpoint", "load_state_dict_strict", "read_image",
-    "read_pickle_safely", "require_file", "resize", "resolve_asset", "shortest_side_crop", "squash",
-]
+    "DicomHeader", "Explainer", "ExplainerSpec", "FINDINGS", "FeatureLayer", "Geometry",
+    "ID_COLUMNS", "IMAGE_SUFFIXES", "IdList", "ImageIndex", "ImageReadError", "MapError",
+    "MetricSpec", "Model", "ModelOutput", "ModelSpec", "Option", "PluginError", "Problem",
+    "Region", "Sample", "UnsupportedFinding", "XBenchError", "canonical", "coco_rle_area",
+    "decode_coco_rle", "decode_relative_rle", "dicom_header", "display_name", "encode_coco_rle",
+    "find_file", "hookimpl", "id_from_value", "letterbox_crop", "load_checkpoint",
+    "load_state_dict_strict", "open_text", "read_id_list", "read_image", "read_pickle_safely",
+    "require_file", "resize", "resolve_asset", "shortest_side_crop", "split_image_name", "squash",
+]  # fmt: skip

@@ -1,6 +1,29 @@
-"""Reading images and ground-truth regions."""
+"""Reading images, ground-truth regions and the files datasets come in."""
 
+from .files import (
+    ID_COLUMNS,
+    IMAGE_SUFFIXES,
+    DicomHeader,
+    IdList,
+    ImageIndex,
+    dicom_header,
+    find_file,
+    id_from_value,
+    open_text,
+    read_id_list,
+    split_image_name,
+)
 from .images import read_image
-from .regions import Region, decode_coco_rle, decode_relative_rle, encode_coco_rle
+from .regions import (
+    Region,
+    coco_rle_area,
+    decode_coco_rle,
+    decode_relative_rle,
+    encode_coco_rle,
+)
 
-__all__ = ["read_image", "Region", "decode_coco_rle", "decode_relative_rle", "encode_coco_rle"]
+__all__ = [
+    "ID_COLUMNS", "IMAGE_SUFFIXES", "DicomHeader", "IdList", "ImageIndex", "Region",
+    "coco_rle_area", "decode_coco_rle", "decode_relative_rle", "dicom_header", "encode_coco_rle",
+    "find_file", "id_from_value", "open_text", "read_id_list", "read_image", "split_image_name",
+]  # fmt: skip

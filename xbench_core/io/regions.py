@@ -69,6 +69,24 @@ class Region:
             relative_rles=self.relative_rles + other.relative_rles,
         )
 
+    def resized(self, size: Size) -> Region:
+        """The same region on the image resized to `size` (H, W), e.g. a downsampled copy of a
+        dataset whose labels are on the original grid.
+
+        Boxes and polygons are scaled; masks and COCO RLEs keep their own size (they are resampled
+        when rasterized); SIIM relative RLEs, which are read at the region's size, become masks.
+        """
+        size = (int(size[0]), int(size[1]))
+        sy, sx = size[0] / self.size[0], size[1] / self.size[1]
+        H, W = self.size
+        return Region(
+            size,
+            boxes=np.asarray(self.boxes, dtype=np.float64) * np.array([sx, sy, sx, sy]),
+            polygons=tuple(np.asarray(p, dtype=np.float64) * (sx, sy) for p in self.polygons),
+            masks=self.masks + tuple(decode_relative_rle(t, H, W) for t in self.relative_rles),
+            coco_rles=self.coco_rles,
+        )
+
     def rasterize(self, frame: Size | None = None) -> np.ndarray:
         """A boolean mask of the region in `frame` (default: the original size)."""
         h, w = frame if frame is not None else self.size
@@ -114,36 +132,71 @@ def resample_mask(mask: np.ndarray, frame: Size) -> np.ndarray:
     return mask[np.ix_(rows, cols)]
 
 
-def coco_counts_from_string(text: str) -> list[int]:
+def _coco_runs(counts: str | bytes | Sequence[int]) -> np.ndarray:
+    """The run lengths (int64) of a COCO RLE's `counts`: a list, or cocoapi's compressed text.
+
+    The text form is cocoapi's (`maskApi.c`, `rleFrString`): each count is written in 5-bit groups,
+    least significant first, as characters offset by 48; bit 0x20 means "more groups follow" and
+    bit 0x10 of a count's last group is its sign; from the fourth count on, the value is the
+    difference to the count two places before. Decoded with numpy, without a loop per character.
+    """
+    if not isinstance(counts, (str, bytes, bytearray)):
+        return np.asarray(list(counts), dtype=np.int64).reshape(-1)
+    data = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    chars = np.frombuffer(data, dtype=np.uint8).astype(np.int64) - 48
+    if chars.size == 0:
+        return np.zeros(0, np.int64)
+    bad = np.flatnonzero((chars < 0) | (chars > 63))
+    if bad.size:
+        raise ValueError(
+            f"character {chr(data[bad[0]])!r} at position {int(bad[0])} cannot occur in a COCO RLE"
+        )
+    last = (chars & 0x20) == 0  # the last group of a count
+    if not last[-1]:
+        raise ValueError("truncated COCO RLE string: it ends inside a count")
+    starts = np.concatenate([[0], np.flatnonzero(last[:-1]) + 1])
+    length = np.diff(np.concatenate([starts, [chars.size]]))
+    if length.max() > 12:  # 60 bits: more is not a count of any image
+        raise ValueError("COCO RLE count too long (more than 12 characters)")
+    position = np.arange(chars.size) - np.repeat(starts, length)
+    values = np.add.reduceat((chars & 0x1F) << (5 * position), starts)
+    negative = (chars[last] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * length[negative])
+    # counts[m] = delta[m] + counts[m - 2] for m > 2: a running sum over odd and even positions
+    values[1::2] = np.cumsum(values[1::2])
+    values[2::2] = np.cumsum(values[2::2])
+    return values
+
+
+def coco_counts_from_string(text: str | bytes) -> list[int]:
     """The run lengths of a compressed COCO RLE string (cocoapi's LEB128-like text form)."""
-    counts: list[int] = []
-    data = text.encode("ascii") if isinstance(text, str) else bytes(text)
-    p, n = 0, len(data)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise ValueError("truncated COCO RLE string")
-            c = data[p] - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+    return _coco_runs(text if isinstance(text, (str, bytes)) else bytes(text)).tolist()
+
+
+def _checked_runs(rle: dict) -> tuple[np.ndarray, int, int]:
+    h, w = (int(v) for v in rle["size"])
+    runs = _coco_runs(rle["counts"])
+    if runs.size and runs.min() < 0:
+        raise ValueError(f"COCO RLE has a negative run length ({int(runs.min())})")
+    total = int(runs.sum())
+    if total != h * w:
+        raise ValueError(f"COCO RLE runs add up to {total} pixels, not {h} x {w} = {h * w}")
+    return runs, h, w
+
+
+def coco_rle_area(rle: dict) -> int:
+    """The number of foreground pixels of a COCO RLE (`{"size": [h, w], "counts": ...}`), from its
+    run lengths, without building the mask (e.g. to tell an all-zero mask from a lesion).
+
+    Raises ValueError when the counts are malformed, negative or do not add up to h x w.
+    """
+    runs, _, _ = _checked_runs(rle)
+    return int(runs[1::2].sum())
 
 
 def decode_coco_rle(rle: dict) -> np.ndarray:
     """Decode a COCO RLE (`{"size": [h, w], "counts": str | list}`) to a boolean (h, w) mask."""
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    runs = coco_counts_from_string(counts) if isinstance(counts, (str, bytes)) else list(counts)
-    if any(r < 0 for r in runs) or sum(runs) != h * w:
-        raise ValueError(f"COCO RLE runs add up to {sum(runs)}, expected {h} x {w} = {h * w}")
+    runs, h, w = _checked_runs(rle)
     values = np.zeros(len(runs), dtype=bool)
     values[1::2] = True
     flat = np.repeat(values, runs)
@@ -164,31 +217,44 @@ def encode_coco_rle(mask: np.ndarray) -> dict:
 def decode_relative_rle(text: str, height: int, width: int) -> np.ndarray:
     """Decode SIIM-ACR relative run lengths (column-major; `-1` is empty) to a (height, width) mask.
 
-    Pairs are (gap since the end of the previous run, run length). An absolute encoding (pairs of
-    start, length, as Kaggle's submission format) is detected by non-decreasing starts that would
-    overrun the image as gaps, and decoded as such.
+    The format of the competition's `train-rle.csv` (`mask_functions.py`, `rle2mask`): pairs of
+    (gap since the end of the previous run, run length); the first gap counts from pixel 0; pixels
+    are numbered column-major (flat index = x * height + y). Only that format is accepted: other
+    encodings (Kaggle's absolute 1-based start, length pairs) must be converted by the dataset
+    that reads them. Raises ValueError, saying what is wrong, when the text is not integers, has an
+    odd number of values or a negative one, or runs past the image.
     """
     text = text.strip()
     flat = np.zeros(height * width, dtype=bool)
     if text in ("-1", ""):
         return flat.reshape(width, height).T
-    values = np.asarray(text.split(), dtype=np.int64)
+    tokens = text.split()
+    try:
+        values = np.asarray(tokens, dtype=np.int64)
+    except (ValueError, OverflowError):
+        bad = next(t for t in tokens if not t.lstrip("-").isdigit())
+        raise ValueError(
+            f"SIIM RLE value {bad!r} is not an integer: the text must be -1 or pairs of "
+            "non-negative integers (gap, run length)"
+        ) from None
     if values.size % 2:
-        raise ValueError("RLE has an odd number of values (each run needs a start and a length)")
-    if np.any(values < 0):
-        # a negative start would silently index from the end of the array
-        raise ValueError(f"RLE has a negative value ({int(values.min())}): not a SIIM run-length text")
-    gaps, lengths = values[0::2], values[1::2]
-    starts = np.cumsum(gaps + np.concatenate([[0], lengths[:-1]]))
-    if starts[-1] + lengths[-1] > flat.size:
-        # not relative: try absolute 0-based (start, length) pairs, else fail
-        if np.all(np.diff(gaps) > 0) and gaps[-1] + lengths[-1] <= flat.size:
-            starts = gaps
-        else:
-            raise ValueError(
-                f"RLE runs end at pixel {int(starts[-1] + lengths[-1])}, beyond the "
-                f"{height}x{width} image, and are not an absolute encoding either"
-            )
-    for s, n in zip(starts.tolist(), lengths.tolist()):
-        flat[s : s + n] = True
+        raise ValueError(
+            f"SIIM RLE has an odd number of values ({values.size}): runs are (gap, length) pairs"
+        )
+    if values.min() < 0:
+        # a negative gap would silently step back, a negative length cover nothing
+        raise ValueError(
+            f"SIIM RLE has a negative value ({int(values.min())}): gaps and lengths are >= 0 "
+            "(-1 alone means an empty mask)"
+        )
+    ends = np.cumsum(values)[1::2]  # one past the last pixel of each run
+    if ends[-1] > flat.size:
+        raise ValueError(
+            f"SIIM RLE runs end at pixel {int(ends[-1])}, beyond the {height}x{width} image "
+            f"({flat.size} pixels); is it an absolute (start, length) encoding, or for another "
+            "image size?"
+        )
+    lengths = values[1::2]
+    for start, n in zip((ends - lengths).tolist(), lengths.tolist()):
+        flat[start : start + n] = True
     return flat.reshape(width, height).T
