@@ -17,10 +17,23 @@ from typing import Any
 
 import numpy as np
 
-from xbench_core import ConfigError, DataError, Dataset, ImageReadError, Problem, Region, Sample
+from xbench_core import (
+    ConfigError,
+    DataError,
+    Dataset,
+    ImageIndex,
+    ImageReadError,
+    Problem,
+    Region,
+    Sample,
+    dicom_header,
+    find_file,
+    id_from_value,
+    read_id_list,
+    split_image_name,
+)
 from xbench_core import read_image as core_read_image
 
-from .files import StemIndex, dicom_header_meta, find_file, read_split_file, split_image_name
 from .labels import SIZE, Headers, parse_class_info, parse_headers, parse_labels
 
 LABEL_NAMES = (
@@ -167,15 +180,16 @@ class RSNAPneumonia(Dataset):
         if split_file is not None:
             path = _given_path(split_file, self.root)
             assert path is not None
-            chosen = read_split_file(
-                path, set(self._ids.tolist()), id_columns=ID_COLUMNS, path_columns=PATH_COLUMNS
+            listed = read_id_list(path, id_columns=ID_COLUMNS, path_columns=PATH_COLUMNS)
+            chosen, problems = listed.select(
+                set(self._ids.tolist()), lambda pid: f"id {pid!r} is not in the label file; skipped"
             )
             self.split_file = str(path)
-            self.problems += chosen.problems
-            self._path_stems = chosen.path_stems
-            picked = np.searchsorted(
-                self._ids, np.asarray(sorted(chosen.ids), dtype=self._ids.dtype)
-            )
+            self.problems += problems
+            self._path_stems = {
+                pid: id_from_value(listed.paths[pid]) for pid in chosen if pid in listed.paths
+            }
+            picked = np.searchsorted(self._ids, np.asarray(sorted(chosen), dtype=self._ids.dtype))
             rows = np.intersect1d(rows, picked)
             if len(rows) == 0:
                 raise DataError(
@@ -200,7 +214,7 @@ class RSNAPneumonia(Dataset):
         if self._flat is None and images_dir is not None and _holds_images(self._images_root):
             self._flat = (self._images_root, ".dcm")
         self.layout = "kaggle" if self._flat is not None else "nested"
-        self._index = StemIndex(self._images_root)
+        self._index = ImageIndex(self._images_root)
         self._by_header: dict[str, str] | None = None
         if check_images:
             self._check_images()
@@ -247,15 +261,15 @@ class RSNAPneumonia(Dataset):
         if tuple(image.shape) != SIZE:
             # A resized conversion (PNG/JPEG): the boxes are in 1024x1024 DICOM pixels, so they are
             # scaled to the decoded image, whose size every region must have.
-            sy, sx = image.shape[0] / SIZE[0], image.shape[1] / SIZE[1]
-            sample.regions = {
-                f: Region(tuple(image.shape), boxes=r.boxes * (sx, sy, sx, sy))
-                for f, r in sample.regions.items()
-            }
+            sample.regions = {f: r.resized(image.shape) for f, r in sample.regions.items()}
             sample.meta["label_size"] = SIZE
             sample.meta["size"] = tuple(image.shape)
         if "view" not in sample.meta and str(sample.meta["path"]).lower().endswith(".dcm"):
-            for key, value in dicom_header_meta(sample.meta["path"]).items():
+            try:
+                header = dicom_header(sample.meta["path"]).meta()
+            except ImageReadError:  # the pixels were read: header meta is a bonus
+                header = {}
+            for key, value in header.items():
                 sample.meta.setdefault(key, value)
         return sample
 
@@ -303,8 +317,6 @@ class RSNAPneumonia(Dataset):
         DICOMs is read once (headers only).
         """
         if self._by_header is None:
-            import pydicom
-
             known = set(self._ids.tolist())
             hinted = set(self._path_stems.values())
             self._by_header = {}
@@ -312,10 +324,9 @@ class RSNAPneumonia(Dataset):
                 if stem in known or stem in hinted or not path.lower().endswith((".dcm", ".dicom")):
                     continue
                 try:
-                    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
-                except Exception:  # unreadable files are reported when they are opened
+                    patient = dicom_header(path).patient_id
+                except ImageReadError:  # unreadable files are reported when they are opened
                     continue
-                patient = str(ds.get("PatientID", "") or "").strip()
                 if patient in known:
                     self._by_header.setdefault(patient, path)
         return self._by_header

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xbench_core import DataError, Problem
-
-from .files import open_text, split_image_name
+from xbench_core import DataError, Problem, open_text, split_image_name
 
 SIZE = (1024, 1024)  # (H, W) of every RSNA DICOM; the boxes are in this frame
 _TARGETS = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}

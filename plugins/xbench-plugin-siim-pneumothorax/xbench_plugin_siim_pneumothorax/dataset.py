@@ -21,15 +21,17 @@ from xbench_core import (
     ConfigError,
     DataError,
     Dataset,
+    ImageIndex,
     ImageReadError,
     Problem,
     Region,
     Sample,
-    decode_relative_rle,
+    dicom_header,
+    find_file,
+    read_id_list,
 )
 from xbench_core import read_image as core_read_image
 
-from .files import StemIndex, dicom_header_meta, find_file, read_split_file
 from .labels import SIZE, parse_labels
 
 LABEL_NAMES = (
@@ -142,10 +144,12 @@ class SIIMPneumothorax(Dataset):
         if split_file is not None:
             path = _given_path(split_file, self.root)
             assert path is not None
-            chosen = read_split_file(path, set(self._ids.tolist()), id_columns=ID_COLUMNS)
+            chosen, problems = read_id_list(path, id_columns=ID_COLUMNS).select(
+                set(self._ids.tolist()), lambda iid: f"id {iid!r} is not in the label file; skipped"
+            )
             self.split_file = str(path)
-            self.problems += chosen.problems
-            rows = np.searchsorted(self._ids, np.asarray(sorted(chosen.ids), dtype=self._ids.dtype))
+            self.problems += problems
+            rows = np.searchsorted(self._ids, np.asarray(sorted(chosen), dtype=self._ids.dtype))
             if len(rows) == 0:
                 raise DataError(
                     f"siim-pneumothorax: no image of split_file {path} is in {label_path}; is it a "
@@ -165,7 +169,7 @@ class SIIMPneumothorax(Dataset):
         ]
         if images_dir is not None:
             self._nested.append(self._images_root)
-        self._index = StemIndex(self._images_root)
+        self._index = ImageIndex(self._images_root)
         if check_images:
             self._check_images()
 
@@ -200,17 +204,15 @@ class SIIMPneumothorax(Dataset):
         if tuple(image.shape) != SIZE:
             # A resized conversion (PNG/JPEG): the RLEs are in 1024x1024 DICOM pixels, so the
             # decoded masks are kept and resampled to the image frame (nearest) on rasterization.
-            sample.regions = {
-                f: Region(
-                    tuple(image.shape),
-                    masks=tuple(decode_relative_rle(t, *SIZE) for t in r.relative_rles),
-                )
-                for f, r in sample.regions.items()
-            }
+            sample.regions = {f: r.resized(image.shape) for f, r in sample.regions.items()}
             sample.meta["label_size"] = SIZE
             sample.meta["size"] = tuple(image.shape)
         if str(sample.meta["path"]).lower().endswith(".dcm"):
-            for key, value in dicom_header_meta(sample.meta["path"]).items():
+            try:
+                header = dicom_header(sample.meta["path"]).meta()
+            except ImageReadError:  # the pixels were read: header meta is a bonus
+                header = {}
+            for key, value in header.items():
                 sample.meta.setdefault(key, value)
         return sample
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xbench_core import DataError, Problem
+from xbench_core import DataError, Problem, open_text, split_image_name
 
-from .files import open_text, split_image_name
 from .rle import (
     absolute_to_relative,
     choose_encoding,
