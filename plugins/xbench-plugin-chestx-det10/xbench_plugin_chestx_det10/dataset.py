@@ -23,16 +23,17 @@ from xbench_core import (
     ConfigError,
     DataError,
     Dataset,
+    ImageIndex,
     Problem,
     Region,
     Sample,
     canonical,
+    id_from_value,
+    open_text,
+    read_id_list,
     read_image,
     require_file,
 )
-
-from .image_finder import ImageFinder
-from .split_file import read_id_list
 
 IMAGE_SIZE = (1024, 1024)  # (H, W): the NIH PNGs both files are annotated on
 
@@ -57,12 +58,6 @@ LAYOUT = """\
       or ChestX_Det_train.json, ChestX_Det_test.json   ChestX-Det, 13 classes with polygons
     train_data/36200.png ...           PNGs from train_data.zip (or train/, images/, anywhere
     test_data/36199.png ...            under root: found by file name; or set image_dir)"""
-
-
-def image_id(value: str) -> str:
-    """The dataset id of a file name or path: its stem (`36204.png` -> `36204`)."""
-    name = value.replace("\\", "/").rsplit("/", 1)[-1]
-    return name[: -len(".png")] if name.lower().endswith(".png") else name
 
 
 @dataclass
@@ -129,10 +124,12 @@ class ChestXDet10(Dataset):
                 raise DataError(
                     f"chestx-det10.image_dir not found: {folder}\nExpected layout:\n{LAYOUT}"
                 )
-            self._finder = ImageFinder(folder, [folder], (".png",))
+            self._images = ImageIndex(folder, suffixes=(".png",))
+            self._default_folder = folder
         else:
             preferred = [self.root / f"{split}_data", self.root / split, self.root / "images"]
-            self._finder = ImageFinder(self.root, preferred, (".png",))
+            self._images = ImageIndex(self.root, suffixes=(".png",), preferred=preferred)
+            self._default_folder = next((p for p in preferred if p.is_dir()), preferred[0])
 
     # -- files ------------------------------------------------------------------------------------
     def _label_file(self, given: str | None) -> Path:
@@ -153,11 +150,8 @@ class ChestXDet10(Dataset):
 
     @staticmethod
     def _read_json(path: Path) -> list[Any]:
-        import gzip
-
-        opener = gzip.open if path.suffix == ".gz" else open
         try:
-            with opener(path, "rt", encoding="utf-8") as fh:
+            with open_text(path) as (fh, _):
                 data = json.load(fh)
         except json.JSONDecodeError as exc:
             raise DataError(
@@ -184,7 +178,7 @@ class ChestXDet10(Dataset):
                 continue
             file_name = raw["file_name"]
             where = f"entry {number} ({file_name})"
-            sid = image_id(file_name)
+            sid = id_from_value(file_name)
             syms, boxes = raw.get("syms"), raw.get("boxes")
             polygons = raw.get("polygons")
             if not isinstance(syms, list) or not isinstance(boxes, list) or len(syms) != len(boxes):
@@ -276,20 +270,11 @@ class ChestXDet10(Dataset):
         return inside
 
     def _select(self, ids: list[str], split_file: Path) -> list[str]:
-        known = set(ids)
-        wanted = read_id_list(split_file, image_id)
-        for sid, line in wanted:
-            if sid not in known:
-                self.problems.append(
-                    Problem(
-                        str(split_file),
-                        f"id {sid!r} is not in {self.label_file.name}; skipped",
-                        line=line,
-                        sample=sid,
-                    )
-                )
-        keep = {sid for sid, _ in wanted}
-        return [sid for sid in ids if sid in keep]
+        keep, problems = read_id_list(split_file).select(
+            set(ids), lambda sid: f"id {sid!r} is not in {self.label_file.name}; skipped"
+        )
+        self.problems += problems
+        return sorted(keep)
 
     # -- samples ----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -312,7 +297,7 @@ class ChestXDet10(Dataset):
             labels={f: int(f in entry.present) for f in self.findings},
             regions=regions,
             meta={
-                "path": str(self._finder.find(entry.file_name)),
+                "path": self._images.get(sid) or str(self._default_folder / entry.file_name),
                 "size": IMAGE_SIZE,
                 "file_name": entry.file_name,
                 "variant": self.variant,
@@ -328,22 +313,7 @@ class ChestXDet10(Dataset):
         sample.image = self.load_image(sample)
         if sample.image.shape != IMAGE_SIZE:
             # A resized copy of the PNGs: the labels stay on the 1024 grid, the regions follow.
-            sample.regions = {
-                f: rescale_region(r, sample.image.shape) for f, r in sample.regions.items()
-            }
+            sample.regions = {f: r.resized(sample.image.shape) for f, r in sample.regions.items()}
             sample.meta["label_size"] = IMAGE_SIZE
             sample.meta["size"] = tuple(sample.image.shape)
         return sample
-
-
-def rescale_region(region: Region, size: tuple[int, int]) -> Region:
-    """The same region in an image of `size` (H, W): coordinates scaled, masks resampled later."""
-    sy, sx = size[0] / region.size[0], size[1] / region.size[1]
-    return Region(
-        (int(size[0]), int(size[1])),
-        boxes=region.boxes * np.array([sx, sy, sx, sy]),
-        polygons=tuple(np.asarray(p, dtype=np.float64) * (sx, sy) for p in region.polygons),
-        masks=region.masks,
-        coco_rles=region.coco_rles,
-        relative_rles=region.relative_rles,
-    )

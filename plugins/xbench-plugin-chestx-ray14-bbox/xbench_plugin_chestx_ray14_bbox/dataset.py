@@ -10,8 +10,6 @@ convention; torchxrayvision's `NIH_Dataset` truncates each of x, y, w, h with `a
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +21,18 @@ from xbench_core import (
     ConfigError,
     DataError,
     Dataset,
+    ImageIndex,
     Problem,
     Region,
     Sample,
     canonical,
+    find_file,
+    id_from_value,
+    open_text,
+    read_id_list,
     read_image,
     require_file,
 )
-
-from .image_finder import ImageFinder
-from .split_file import read_id_list
 
 IMAGE_SIZE = (1024, 1024)  # (H, W) of the released PNGs, the grid the boxes are drawn on
 
@@ -55,24 +55,9 @@ LAYOUT = """\
       (or images_001/images/..., the Kaggle layout; any PNG under root is found by name)"""
 
 
-def image_id(value: str) -> str:
-    """The dataset id of an Image Index or path: the stem (`00013118_008.png` -> `00013118_008`)."""
-    name = value.strip().replace("\\", "/").rsplit("/", 1)[-1]
-    return name[: -len(".png")] if name.lower().endswith(".png") else name
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", newline="", encoding="utf-8-sig")  # type: ignore[return-value]
-    return open(path, newline="", encoding="utf-8-sig")
-
-
 def _first(root: Path, names: list[str]) -> Path | None:
-    for name in names:
-        for candidate in (root / name, root / f"{name}.gz"):
-            if candidate.is_file():
-                return candidate
-    return None
+    """The first of `names` (or its .gz) directly in `root`."""
+    return find_file(root, [n for name in names for n in (name, f"{name}.gz")], max_subdirs=0)
 
 
 @dataclass
@@ -146,10 +131,12 @@ class ChestXray14BBox(Dataset):
                 raise DataError(
                     f"chestx-ray14-bbox.image_dir not found: {folder}\nExpected layout:\n{LAYOUT}"
                 )
-            self._finder = ImageFinder(folder, [folder], (".png",))
+            self._index = ImageIndex(folder, suffixes=(".png",))
+            self._default_folder = folder
         else:
             preferred = [self.root / "images", *sorted(self.root.glob("images_*/images"))]
-            self._finder = ImageFinder(self.root, preferred, (".png",))
+            self._index = ImageIndex(self.root, suffixes=(".png",), preferred=preferred)
+            self._default_folder = next((p for p in preferred if p.is_dir()), preferred[0])
 
     def _given(self, value: str | None, option: str) -> Path | None:
         if not value:
@@ -162,7 +149,7 @@ class ChestXray14BBox(Dataset):
     def _read_boxes(self, path: Path) -> dict[str, _Image]:
         images: dict[str, _Image] = {}
         where = str(path)
-        with _open_text(path) as fh:
+        with open_text(path) as (fh, _):
             reader = csv.reader(fh)
             for row in reader:
                 line = reader.line_num
@@ -181,7 +168,7 @@ class ChestXray14BBox(Dataset):
                     )
                     continue
                 index, label = row[0].strip(), row[1].strip()
-                sid = image_id(index)
+                sid = id_from_value(index)
                 try:
                     x, y, w, h = (float(v) for v in row[2:6])
                 except ValueError:
@@ -275,7 +262,7 @@ class ChestXray14BBox(Dataset):
     def _read_data_entry(self, path: Path, images: dict[str, _Image]) -> None:
         wanted = {img.index: img for img in images.values()}
         where = str(path)
-        with _open_text(path) as fh:
+        with open_text(path) as (fh, _):
             reader = csv.reader(fh)
             header = [h.strip() for h in next(reader, [])]
             if "Image Index" not in header or "Finding Labels" not in header:
@@ -296,7 +283,7 @@ class ChestXray14BBox(Dataset):
                             where,
                             "row too short; labels unknown",
                             line=reader.line_num,
-                            sample=image_id(index),
+                            sample=id_from_value(index),
                         )
                     )
                     continue
@@ -305,7 +292,7 @@ class ChestXray14BBox(Dataset):
                 image.labels = {f: int(f in present) for f in FINDINGS}
                 image.meta = _entry_meta(row, col)
         for image in images.values():
-            sid = image_id(image.index)
+            sid = id_from_value(image.index)
             if image.labels is None:
                 self.problems.append(
                     Problem(
@@ -328,20 +315,11 @@ class ChestXray14BBox(Dataset):
                     )
 
     def _select(self, ids: list[str], split_file: Path) -> list[str]:
-        known = set(ids)
-        wanted = read_id_list(split_file, image_id)
-        for sid, line in wanted:
-            if sid not in known:
-                self.problems.append(
-                    Problem(
-                        str(split_file),
-                        f"id {sid!r} has no box in {self.bbox_file.name}; skipped",
-                        line=line,
-                        sample=sid,
-                    )
-                )
-        keep = {sid for sid, _ in wanted}
-        return [sid for sid in ids if sid in keep]
+        keep, problems = read_id_list(split_file).select(
+            set(ids), lambda sid: f"id {sid!r} has no box in {self.bbox_file.name}; skipped"
+        )
+        self.problems += problems
+        return sorted(keep)
 
     # -- samples ----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -359,7 +337,7 @@ class ChestXray14BBox(Dataset):
             f: Region.from_boxes(IMAGE_SIZE, boxes) for f, boxes in image.boxes.items() if boxes
         }
         meta = {
-            "path": str(self._finder.find(image.index)),
+            "path": self._index.get(sid) or str(self._default_folder / image.index),
             "size": IMAGE_SIZE,
             "image_index": image.index,
             "label_source": self.label_source if image.labels is not None else "boxes",
@@ -375,9 +353,7 @@ class ChestXray14BBox(Dataset):
         sample.image = self.load_image(sample)
         if sample.image.shape != IMAGE_SIZE:
             # A resized copy of the PNGs: the boxes stay on the 1024 grid, the regions follow.
-            sample.regions = {
-                f: rescale_region(r, sample.image.shape) for f, r in sample.regions.items()
-            }
+            sample.regions = {f: r.resized(sample.image.shape) for f, r in sample.regions.items()}
             sample.meta["label_size"] = IMAGE_SIZE
             sample.meta["size"] = tuple(sample.image.shape)
         return sample
@@ -406,16 +382,3 @@ def _entry_meta(row: list[str], col: dict[str, int]) -> dict[str, Any]:
     if width.isdigit() and height.isdigit():
         meta["original_size"] = (int(height), int(width))
     return meta
-
-
-def rescale_region(region: Region, size: tuple[int, int]) -> Region:
-    """The same region in an image of `size` (H, W): coordinates scaled, masks resampled later."""
-    sy, sx = size[0] / region.size[0], size[1] / region.size[1]
-    return Region(
-        (int(size[0]), int(size[1])),
-        boxes=region.boxes * np.array([sx, sy, sx, sy]),
-        polygons=tuple(np.asarray(p, dtype=np.float64) * (sx, sy) for p in region.polygons),
-        masks=region.masks,
-        coco_rles=region.coco_rles,
-        relative_rles=region.relative_rles,
-    )

@@ -30,13 +30,14 @@ from xbench_core import (
     Region,
     Sample,
     canonical,
+    coco_rle_area,
+    open_text,
+    read_id_list,
     read_image,
     require_file,
 )
 
 from . import IMAGE_ONLY, LOCALIZED
-from .rle import coco_rle_is_empty
-from .split_file import read_id_list
 
 FINDINGS = LOCALIZED + IMAGE_ONLY
 META_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
@@ -166,7 +167,7 @@ class CheXlocalize(Dataset):
     @staticmethod
     def _load_json(path: Path) -> dict[str, Any]:
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open_text(path) as (fh, _):
                 data = json.load(fh)
         except json.JSONDecodeError as exc:
             raise DataError(
@@ -183,7 +184,7 @@ class CheXlocalize(Dataset):
     def _read_csv(self, path: Path) -> dict[str, _Cxr]:
         cxrs: dict[str, _Cxr] = {}
         where = str(path)
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with open_text(path) as (fh, _):
             reader = csv.reader(fh)
             header = [h.strip() for h in next(reader, [])]
             if "Path" not in header:
@@ -320,7 +321,8 @@ class CheXlocalize(Dataset):
                     size = (int(rle["size"][0]), int(rle["size"][1]))
                     if not isinstance(rle["counts"], (str, list)):
                         raise TypeError("counts")
-                    empty = coco_rle_is_empty(rle)
+                    # negatives hold an all-zero mask: emptiness is decided on the runs
+                    empty = coco_rle_area(rle) == 0
                 except (KeyError, IndexError, TypeError, ValueError) as exc:
                     self.problems.append(
                         Problem(
@@ -456,19 +458,13 @@ class CheXlocalize(Dataset):
                     )
 
     def _select(self, ids: list[str], split_file: Path, known: set[str]) -> list[str]:
-        wanted = read_id_list(split_file, lambda v: cxr_id(v) or v.strip())
-        for cid, line in wanted:
-            if cid not in known:
-                self.problems.append(
-                    Problem(
-                        str(split_file),
-                        f"id {cid!r} is not in {self.labels_csv.name}; skipped",
-                        line=line,
-                        sample=cid,
-                    )
-                )
-        keep = {cid for cid, _ in wanted}
-        return [cid for cid in ids if cid in keep]
+        listed = read_id_list(split_file, lambda v: cxr_id(v) or v.strip())
+        keep, problems = listed.select(
+            known, lambda cid: f"id {cid!r} is not in {self.labels_csv.name}; skipped"
+        )
+        self.problems += problems
+        chosen = set(keep)
+        return [cid for cid in ids if cid in chosen]
 
     # -- samples ----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -494,20 +490,7 @@ class CheXlocalize(Dataset):
         shape = tuple(sample.image.shape)
         if "size" in sample.meta and shape != tuple(sample.meta["size"]):
             # e.g. the 320-px CheXpert-v1.0-small copies: masks and contours follow the image.
-            sample.regions = {f: rescale_region(r, shape) for f, r in sample.regions.items()}
+            sample.regions = {f: r.resized(shape) for f, r in sample.regions.items()}
             sample.meta["label_size"] = sample.meta["size"]
             sample.meta["size"] = shape
         return sample
-
-
-def rescale_region(region: Region, size: tuple[int, int]) -> Region:
-    """The same region in an image of `size` (H, W): coordinates scaled, masks resampled later."""
-    sy, sx = size[0] / region.size[0], size[1] / region.size[1]
-    return Region(
-        (int(size[0]), int(size[1])),
-        boxes=region.boxes * np.array([sx, sy, sx, sy]),
-        polygons=tuple(np.asarray(p, dtype=np.float64) * (sx, sy) for p in region.polygons),
-        masks=region.masks,
-        coco_rles=region.coco_rles,
-        relative_rles=region.relative_rles,
-    )
