@@ -23,9 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from xbench_core import DataError, Dataset, Problem, Region, Sample, read_image
-
-from .idlist import read_id_list
+from xbench_core import DataError, Dataset, Problem, Region, Sample, read_id_list, read_image
 
 LAYOUT = """\
   covid_rural_annot/                          (from github.com/haimingt/opacity_segmentation_covid_chest_X_ray)
@@ -223,19 +221,11 @@ class CovidRural(Dataset):
             )
 
     def _apply_split_file(self, split_file: str, entries: dict[str, _Entry]) -> list[str]:
-        kept = []
-        for stem, line in read_id_list(split_file):
-            if stem in entries:
-                kept.append(stem)
-            else:
-                self.problems.append(
-                    Problem(
-                        split_file,
-                        f"image id {stem!r} has no annotation in {self.json_dir}; left out",
-                        line=line,
-                        sample=stem,
-                    )
-                )
+        kept, problems = read_id_list(split_file).select(
+            entries,
+            lambda stem: f"image id {stem!r} has no annotation in {self.json_dir}; left out",
+        )
+        self.problems += problems
         return sorted(kept)
 
     # ------------------------------------------------------------------ samples

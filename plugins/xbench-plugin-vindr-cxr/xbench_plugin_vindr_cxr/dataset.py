@@ -19,17 +19,25 @@ regions at the decoded image's size, so the engine always rasterizes at the real
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xbench_core import DataError, Dataset, Problem, Region, Sample, read_image
+from xbench_core import (
+    DataError,
+    Dataset,
+    ImageReadError,
+    Problem,
+    Region,
+    Sample,
+    dicom_header,
+    open_text,
+    read_id_list,
+    read_image,
+)
 
-from .idlist import read_id_list
 from .labels import (
     ALL_FINDINGS,
     GLOBAL_FINDINGS,
@@ -69,12 +77,6 @@ class _Image:
         self.marks: dict[str, set[str]] = {}
         # finding -> (reader, x1, y1, x2, y2, line in the label file)
         self.boxes: dict[str, list[tuple[str, float, float, float, float, int]]] = {}
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix.lower() == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed by the caller
 
 
 def _column(header: list[str], *names: str) -> int | None:
@@ -183,7 +185,7 @@ class VinDrCXR(Dataset):
         )
 
     def _format_of(self, path: Path) -> str:
-        with _open_text(path) as fh:
+        with open_text(path) as (fh, _):
             header = next(csv.reader(fh), [])
         names = {h.strip().lower() for h in header}
         missing = {"image_id", "class_name", "x_min", "y_min", "x_max", "y_max"} - names
@@ -221,7 +223,7 @@ class VinDrCXR(Dataset):
         """
         seen: set[str] = set()
         unknown: dict[str, list[int]] = {}
-        with _open_text(path) as fh:
+        with open_text(path) as (fh, _):
             reader = csv.reader(fh)
             header = next(reader, [])
             rows = list(reader)
@@ -343,7 +345,7 @@ class VinDrCXR(Dataset):
     def _read_image_labels(self, path: Path, images: dict[str, _Image]) -> set[str]:
         """PhysioNet image_labels: one row per reader (train) or per image (test), 0/1 columns."""
         seen: set[str] = set()
-        with _open_text(path) as fh:
+        with open_text(path) as (fh, _):
             reader = csv.reader(fh)
             header = [h.strip() for h in next(reader, [])]
             i_id = _column(header, "image_id")
@@ -396,19 +398,14 @@ class VinDrCXR(Dataset):
         return seen
 
     def _apply_split_file(self, split_file: str, images: dict[str, _Image]) -> list[str]:
-        wanted = read_id_list(split_file)
-        kept = []
-        for image_id, line in wanted:
-            if image_id in images:
-                kept.append(image_id)
-            else:
-                self._problem(
-                    Path(split_file),
-                    f"image id {image_id!r} is not in {self.annotation_path.name} "
-                    f"(split {self.split!r}); left out",
-                    line,
-                    image_id,
-                )
+        kept, problems = read_id_list(split_file).select(
+            images,
+            lambda image_id: (
+                f"image id {image_id!r} is not in {self.annotation_path.name} "
+                f"(split {self.split!r}); left out"
+            ),
+        )
+        self.problems += problems
         return sorted(kept)
 
     def _read_size_table(self, base: Path, given: str | None) -> dict[str, tuple[int, int]]:
@@ -420,7 +417,7 @@ class VinDrCXR(Dataset):
                 raise DataError(f"vindr-cxr.size_file not found: {path}")
             return {}
         sizes: dict[str, tuple[int, int]] = {}
-        with _open_text(path) as fh:
+        with open_text(path) as (fh, _):
             reader = csv.reader(fh)
             header = next(reader, [])
             i_id = _column(header, "image_id")
@@ -473,18 +470,14 @@ class VinDrCXR(Dataset):
         path = self._path(image_id)
         if not path.is_file():
             return None
-        import pydicom
-
         try:
-            ds = pydicom.dcmread(
-                str(path), stop_before_pixels=True, force=True, specific_tags=["Rows", "Columns"]
-            )
-            return int(ds.Rows), int(ds.Columns)
-        except Exception as exc:  # an unreadable header is reported; the image decode will say more
-            self._problem(
-                path, f"cannot read Rows/Columns from the DICOM header: {exc}", sample=image_id
-            )
+            size = dicom_header(path).size
+        except ImageReadError as exc:  # reported; the image decode will say more
+            self._problem(path, f"cannot read Rows/Columns: {exc}", sample=image_id)
             return None
+        if size is None:
+            self._problem(path, "the DICOM header has no Rows/Columns", sample=image_id)
+        return size
 
     def _check_bounds(self, image_id: str, entry: _Image, size: tuple[int, int]) -> None:
         self._bounds_checked.add(image_id)
