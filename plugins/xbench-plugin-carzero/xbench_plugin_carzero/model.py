@@ -149,12 +149,16 @@ class CARZero(Model):
         prompts = [self.queries[f] for f in findings]
         tokens = tokenize(self.tokenizer, prompts)
         merge = merge_matrix(tokens["input_ids"], self._vocabulary, self.tokenizer.sep_token_id)
+        # BERT runs only up to the longest prompt: the padding tokens after it are masked out of
+        # every real token's attention, and only tokens up to [SEP] are merged into words, so the
+        # result is the official one (the 97 word positions and the mean over 97 are kept).
+        length = int(tokens["attention_mask"].sum(dim=1).max())
         device = self.device
         sentence, words = self.module.text_encoder(
-            tokens["input_ids"].to(device),
-            tokens["attention_mask"].to(device),
-            tokens["token_type_ids"].to(device),
-            merge.to(device),
+            tokens["input_ids"][:, :length].to(device),
+            tokens["attention_mask"][:, :length].to(device),
+            tokens["token_type_ids"][:, :length].to(device),
+            merge[:, :, :length].to(device),
         )
         memory = torch.cat([sentence[:, None], words], dim=1)
         return CARZeroQueries(tuple(findings), tuple(prompts), sentence, memory)
