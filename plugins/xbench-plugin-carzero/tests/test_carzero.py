@@ -185,6 +185,18 @@ def test_missing_checkpoint_says_where_to_get_it(tmp_path, monkeypatch) -> None:
     assert "XBENCH_CARZERO_CHECKPOINT" in str(error.value)
 
 
+def test_vocabulary_that_does_not_fit_the_config(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from xbench_core import AssetError
+
+    folder = write_bert_folder(tmp_path, vocab=TINY_VOCAB)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
+    with pytest.raises(AssetError, match="15 word-pieces .* config says 100"):
+        _build(checkpoint="random", text_encoder=str(folder))
+
+
 # ---- text processing ------------------------------------------------------------------------
 
 

@@ -87,8 +87,15 @@ class CARZero(Model):
             self.tokenizer = BertTokenizer.from_pretrained(str(folder))
             config = BertConfig.from_pretrained(str(folder))
         self._vocabulary = {index: token for token, index in self.tokenizer.get_vocab().items()}
-        if self.tokenizer.sep_token_id is None:
-            raise AssetError(f"the text encoder vocabulary in {folder} has no [SEP] token")
+        where = (
+            "the generated vocabulary" if text_encoder is None else f"text_encoder {text_encoder}"
+        )
+        if len(self._vocabulary) != config.vocab_size or self.tokenizer.sep_token_id is None:
+            raise AssetError(
+                f"CARZero text encoder: {where} has {len(self._vocabulary)} word-pieces (with "
+                f"[SEP]: {self.tokenizer.sep_token_id is not None}) but its config says "
+                f"{config.vocab_size}; pass the BioClinicalMPBERT folder (config.json, vocab.txt)"
+            )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # random weights are the same on every build
             self.module = CARZeroNetwork(BertModel(config, add_pooling_layer=True))
