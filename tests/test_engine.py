@@ -159,7 +159,7 @@ def _cli(*args: str, **kw: Any) -> subprocess.CompletedProcess:
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(
-        "datasets: [{name: phantom, size: 40, resolution: 256}]\nmodels: [random, center]\nbatch_size: 2\n"
+        "datasets: [{name: phantom, size: 30, resolution: 128}]\nmodels: [random, center]\nbatch_size: 2\n"
     )
     full = _cli("run", "-c", str(config), "--out", str(tmp_path / "full"), "--quiet", timeout=600)
     assert full.returncode == 0, full.stderr

@@ -46,7 +46,7 @@ _special = st.sampled_from(
 _value = st.one_of(_special, st.floats(0, 1, width=32))
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(
     values=st.lists(_value, min_size=1, max_size=64),
     seed=st.integers(0, 2**31),

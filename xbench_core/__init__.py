@@ -1,11 +1,16 @@
 """XBench core: plugin contracts, engine, grounding statistics, run store and reports.
 
-The public API that plugins import lives here and in `xbench_core.testing`. Importing this package
-does not import torch.
+The public API that plugins import lives here and in `xbench_core.testing`. Names are loaded on
+first use (PEP 562), so that `import xbench_core` (and `xbench list`) imports neither torch nor numpy:
+only the errors, the hook markers and the specs are loaded eagerly.
 """
 
-from .dataset import Dataset, Problem, require_file
-from .errors import (
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import (  # noqa: F401 - re-exported
     AssetError,
     CheckpointError,
     ConfigError,
@@ -16,31 +21,8 @@ from .errors import (
     UnsupportedFinding,
     XBenchError,
 )
-from .findings import FINDINGS, canonical, display_name
-from .geometry import Geometry, letterbox_crop, resize, shortest_side_crop, squash
-from .hookspecs import hookimpl
-from .io.files import (
-    ID_COLUMNS,
-    IMAGE_SUFFIXES,
-    DicomHeader,
-    IdList,
-    ImageIndex,
-    dicom_header,
-    find_file,
-    id_from_value,
-    open_text,
-    read_id_list,
-    split_image_name,
-)
-from .io.regions import (
-    Region,
-    coco_rle_area,
-    decode_coco_rle,
-    decode_relative_rle,
-    encode_coco_rle,
-)
-from .model import Explainer, FeatureLayer, Model
-from .types import (
+from .hookspecs import hookimpl  # noqa: F401 - re-exported
+from .types import (  # noqa: F401 - re-exported
     DatasetSpec,
     ExplainerSpec,
     MetricSpec,
@@ -52,50 +34,44 @@ from .types import (
 
 __version__ = "0.1.0"
 
-
-def read_image(path, *, dataset=None, voi_lut=True):  # noqa: ANN001, ANN201 - re-export, lazily
-    """Decode a DICOM, PNG or JPEG to float32 [0, 1] (see `xbench_core.io.images`)."""
-    from .io.images import read_image as _read
-
-    return _read(path, dataset=dataset, voi_lut=voi_lut)
-
-
-def load_checkpoint(path, **kwargs):  # noqa: ANN001, ANN003, ANN201
-    """Read a checkpoint's tensors safely (see `xbench_core.checkpoints.load_checkpoint`)."""
-    from .checkpoints import load_checkpoint as _load
-
-    return _load(path, **kwargs)
-
-
-def load_state_dict_strict(module, state_dict, *, source):  # noqa: ANN001, ANN201
-    """Strict load with a readable key diff (see `xbench_core.checkpoints`)."""
-    from .checkpoints import load_state_dict_strict as _load
-
-    return _load(module, state_dict, source=source)
-
-
-def read_pickle_safely(path):  # noqa: ANN001, ANN201
-    """Unpickle without executing code (see `xbench_core.checkpoints.read_pickle_safely`)."""
-    from .checkpoints import read_pickle_safely as _read
-
-    return _read(path)
+# public name -> module that defines it
+_LAZY = {
+    "Dataset": "dataset", "Problem": "dataset", "require_file": "dataset",
+    "FINDINGS": "findings", "canonical": "findings", "display_name": "findings",
+    "Geometry": "geometry", "letterbox_crop": "geometry", "resize": "geometry",
+    "shortest_side_crop": "geometry", "squash": "geometry",
+    "ID_COLUMNS": "io.files", "IMAGE_SUFFIXES": "io.files", "DicomHeader": "io.files", "IdList": "io.files",
+    "ImageIndex": "io.files", "dicom_header": "io.files", "find_file": "io.files",
+    "id_from_value": "io.files", "open_text": "io.files", "read_id_list": "io.files",
+    "split_image_name": "io.files",
+    "Region": "io.regions", "coco_rle_area": "io.regions", "decode_coco_rle": "io.regions",
+    "decode_relative_rle": "io.regions", "encode_coco_rle": "io.regions",
+    "read_image": "io.images",
+    "Explainer": "model", "FeatureLayer": "model", "Model": "model",
+    "load_checkpoint": "checkpoints", "load_state_dict_strict": "checkpoints",
+    "read_pickle_safely": "checkpoints", "convert_checkpoint": "checkpoints",
+    "resolve_asset": "assets",
+    "get_registry": "plugins", "inspect_dataset": "inspect",
+}
 
 
-def resolve_asset(name, given=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
-    """Find a file a plugin needs (see `xbench_core.assets.resolve_asset`)."""
-    from .assets import resolve_asset as _resolve
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xbench_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
-    return _resolve(name, given, **kwargs)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = [
-    "AssetError", "CheckpointError", "ConfigError", "DataError", "Dataset", "DatasetSpec",
-    "DicomHeader", "Explainer", "ExplainerSpec", "FINDINGS", "FeatureLayer", "Geometry",
-    "ID_COLUMNS", "IMAGE_SUFFIXES", "IdList", "ImageIndex", "ImageReadError", "MapError",
-    "MetricSpec", "Model", "ModelOutput", "ModelSpec", "Option", "PluginError", "Problem",
-    "Region", "Sample", "UnsupportedFinding", "XBenchError", "canonical", "coco_rle_area",
-    "decode_coco_rle", "decode_relative_rle", "dicom_header", "display_name", "encode_coco_rle",
-    "find_file", "hookimpl", "id_from_value", "letterbox_crop", "load_checkpoint",
-    "load_state_dict_strict", "open_text", "read_id_list", "read_image", "read_pickle_safely",
-    "require_file", "resize", "resolve_asset", "shortest_side_crop", "split_image_name", "squash",
-]  # fmt: skip
+__all__ = sorted(
+    [
+        "AssetError", "CheckpointError", "ConfigError", "DataError", "ImageReadError", "MapError",
+        "PluginError", "UnsupportedFinding", "XBenchError", "hookimpl", "DatasetSpec", "ExplainerSpec",
+        "MetricSpec", "ModelOutput", "ModelSpec", "Option", "Sample", *_LAZY,
+    ]
+)
