@@ -178,7 +178,9 @@ class TestMAVL(ModelPluginTests):
             lambda module, args, output: captured.setdefault("grid", layer.to_grid(output))
         )
         try:
-            value = model.logits(_pixels(model, 1, size=96), model.encode_queries(["pneumonia"]))
+            with torch.inference_mode():  # as the engine makes them, once a run
+                queries = model.encode_queries(["pneumonia"])
+            value = model.logits(_pixels(model, 1, size=96), queries)
             captured["grid"].register_hook(lambda g: gradient.setdefault("g", g))
             value.sum().backward()
         finally:

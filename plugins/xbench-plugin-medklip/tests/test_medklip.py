@@ -159,7 +159,8 @@ class TestMedKLIP(ModelPluginTests):
         )
         try:
             pixels = _pixels(model, 1, size=96)
-            queries = model.encode_queries(["pneumonia"])
+            with torch.inference_mode():  # as the engine makes them, once a run
+                queries = model.encode_queries(["pneumonia"])
             captured_grad = {}
             value = model.logits(pixels, queries)
             captured["grid"].register_hook(lambda g: captured_grad.setdefault("g", g))
@@ -437,8 +438,10 @@ def test_embeddings_skip_masked_padding_exactly(tiny_bert) -> None:
         str(tiny_bert), allow_random=False, env="UNSET_ENV_FOR_TEST", option="x"
     )
     with encoder.load() as (tokenizer, bert):
-        ids, mask = text_module.tokenize_without_sep(tokenizer, ["effusion text", "mass of fluid"])
-        trimmed = text_module.run_bert(bert, ids, mask)
+        texts = ["effusion text", "mass of fluid in the left lung base", "clear", "air of lung"]
+        ids, mask = text_module.tokenize_without_sep(tokenizer, texts)
+        # batches of two, sorted by length, each cut to its longest text, returned in input order
+        trimmed = text_module.run_bert(bert, ids, mask, batch_size=2)
         with torch.no_grad():
             full = bert(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
     torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)

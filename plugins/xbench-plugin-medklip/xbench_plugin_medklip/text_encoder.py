@@ -239,23 +239,26 @@ def tokenize_without_sep(
 
 
 def run_bert(bert: Any, input_ids: Any, attention_mask: Any, batch_size: int = 64) -> Any:
-    """CLS vectors of the last layer, [N, hidden], float32 on the CPU.
+    """CLS vectors of the last layer, [N, hidden], float32 on the CPU, in the order of the input.
 
-    Each batch runs on its longest text rather than the full padded length: the padding is masked
-    out of every attention, so the CLS vector is the same (to float rounding) and the one-off cost
-    drops by the padding fraction.
+    Texts run in batches of similar length, each batch on its longest text rather than the full
+    padded length: the padding is masked out of every attention, so each CLS vector is the same
+    (to float rounding) and the one-off cost drops by the padding fraction.
     """
     import torch
 
-    out = []
+    lengths = attention_mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    out = torch.empty(input_ids.shape[0], bert.config.hidden_size)
     with torch.no_grad():
         for start in range(0, input_ids.shape[0], batch_size):
-            ids = input_ids[start : start + batch_size]
-            mask = attention_mask[start : start + batch_size]
-            length = max(int(mask.sum(1).max()), 1)
-            hidden = bert(input_ids=ids[:, :length], attention_mask=mask[:, :length])
-            out.append(hidden.last_hidden_state[:, 0].float())
-    return torch.cat(out).contiguous()
+            rows = order[start : start + batch_size]
+            length = max(int(lengths[rows].max()), 1)
+            hidden = bert(
+                input_ids=input_ids[rows, :length], attention_mask=attention_mask[rows, :length]
+            )
+            out[rows] = hidden.last_hidden_state[:, 0].float()
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
