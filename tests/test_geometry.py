@@ -295,3 +295,26 @@ def test_geometry_is_hashable_and_frozen():
     with pytest.raises(AttributeError):
         g.scale = (1.0, 1.0)  # type: ignore[misc]
     assert not math.isnan(g.scale[0])
+
+
+def _naive_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Each output pixel = the overlap-weighted mean of the input pixels its footprint covers."""
+
+    def weights(n_in: int, n_out: int) -> np.ndarray:
+        m = np.zeros((n_out, n_in))
+        step = n_in / n_out
+        for o in range(n_out):
+            lo, hi = o * step, (o + 1) * step
+            for i in range(n_in):
+                m[o, i] = max(0.0, min(hi, i + 1) - max(lo, i))
+        return m / m.sum(1, keepdims=True)
+
+    return weights(image.shape[0], size[0]) @ image @ weights(image.shape[1], size[1]).T
+
+
+@pytest.mark.parametrize("shape,size", [((37, 23), (16, 10)), ((5, 7), (11, 13)), ((40, 40), (40, 17))])
+def test_area_resize_is_exact_area_averaging(shape: tuple[int, int], size: tuple[int, int]) -> None:
+    from xbench_core.geometry import resize as area_resize
+
+    image = np.random.default_rng(0).random(shape).astype(np.float32)
+    np.testing.assert_allclose(area_resize(image, size, "area"), _naive_area(image.astype(np.float64), size), atol=1e-6)

@@ -21,7 +21,7 @@ import numpy as np
 
 Size = tuple[int, int]  # (height, width)
 
-_PIL_METHODS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "area": 4, "lanczos": 1}
+_PIL_METHODS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}
 
 
 @dataclass(frozen=True)
@@ -123,14 +123,38 @@ def _longest_side_size(original: Size, size: int) -> Size:
 
 
 def resize(image: np.ndarray, size: Size, method: str = "bilinear") -> np.ndarray:
-    """Resize a float32 H x W image with Pillow (mode F), as the official pipelines' PIL resizes do."""
+    """Resize a float32 H x W image: Pillow (mode F) for nearest, bilinear, bicubic and lanczos, as
+    the official pipelines' PIL resizes do; "area" is exact area averaging, what OpenCV's
+    INTER_AREA computes (Pillow's BOX filter is not: it weighs whole pixels by their centers)."""
     from PIL import Image
 
     if image.shape[:2] == tuple(size):
         return image.astype(np.float32, copy=False)
+    if method == "area":
+        out64 = _area_axis(_area_axis(np.asarray(image, np.float64), size[0], 0), size[1], 1)
+        return out64.astype(np.float32)
     pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
     out = pil.resize((size[1], size[0]), resample=_PIL_METHODS[method])
     return np.array(out, dtype=np.float32)  # writable: torch.from_numpy wants it
+
+
+def _area_axis(image: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Resample one axis by exact area averaging: each output pixel is the mean of the input
+    interval it covers, partial pixels weighted by their overlap (from prefix sums)."""
+    n = image.shape[axis]
+    if n == size:
+        return image
+    moved = np.moveaxis(image, axis, 0)
+    prefix = np.empty((n + 1, *moved.shape[1:]), np.float64)
+    prefix[0] = 0.0
+    np.cumsum(moved, axis=0, dtype=np.float64, out=prefix[1:])
+    edges = np.arange(size + 1, dtype=np.float64) * (n / size)
+    edges[-1] = n
+    whole = np.minimum(np.floor(edges).astype(np.int64), n - 1)
+    part = (edges - whole).reshape(-1, *([1] * (moved.ndim - 1)))
+    integral = prefix[whole] + part * moved[whole]  # the image integrated from 0 to each edge
+    out = (integral[1:] - integral[:-1]) / (n / size)
+    return np.moveaxis(out, 0, axis)
 
 
 def squash(image: np.ndarray, size: Size, method: str = "bilinear") -> tuple[np.ndarray, Geometry]:
