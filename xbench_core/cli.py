@@ -39,10 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--fail-fast", action="store_true", help="stop at the first per-sample error")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     r.add_argument("--quiet", action="store_true", help="no progress bars and no table")
+    r.add_argument("--no-report", action="store_true",
+                   help="do not write tables, figures and report.html at the end (written when matplotlib is installed)")
 
-    rep = sub.add_parser("report", help="rebuild results.json (and the report) from a run's records")
-    rep.add_argument("runs", nargs="+", help="run directories")
-    rep.add_argument("--out", help="write the merged report here (default: the first run)")
+    rep = sub.add_parser("report", help="rebuild results.json from a run's records; write tables, figures and report.html")
+    rep.add_argument("runs", nargs="+", help="run directories (several: merged, the newest results win on overlaps)")
+    rep.add_argument("--out", help="write the (merged) report here (default: the first run)")
+    rep.add_argument("--no-gallery", action="store_true", help="leave out the map overlay gallery")
     rep.add_argument("--quiet", action="store_true")
 
     m = sub.add_parser("merge", help="aggregate all shards of a run; report missing samples")
@@ -128,7 +131,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.eval_size is not None:
         data["grounding"] = {**(data.get("grounding") or {}), "eval_size": args.eval_size}
     cfg = build_config(data, registry, overrides=overrides, sets=args.sets)
-    return launch(cfg, registry, shard=args.shard, overwrite=args.overwrite, quiet=args.quiet)
+    code = launch(cfg, registry, shard=args.shard, overwrite=args.overwrite, quiet=args.quiet)
+    if code == 0 and not args.no_report and args.shard is None:
+        _report_after_run(cfg, registry, quiet=args.quiet)
+    return code
+
+
+def _report_after_run(cfg: Any, registry: Any, *, quiet: bool) -> None:
+    """The report of a finished run, when matplotlib is installed (on the aggregating process only).
+    A report that fails is a warning: the run's results are on disk either way."""
+    import importlib.util
+
+    from .engine.distributed import torchrun_env
+
+    env = torchrun_env()
+    if (env is not None and env[0] != 0) or cfg.out is None or importlib.util.find_spec("matplotlib") is None:
+        return
+    from .report import write_report
+
+    try:
+        write_report([cfg.out], registry=registry, quiet=quiet)
+    except Exception as exc:  # noqa: BLE001 - reported, the run itself succeeded
+        print(f"warning: the report could not be written ({type(exc).__name__}: {exc}); "
+              f"retry with `xbench report {cfg.out}`", file=sys.stderr)
 
 
 def _merge_components(existing: Any, chosen: list[dict[str, Any]] | None) -> Any:
@@ -162,22 +187,28 @@ def print_summary(results: dict[str, Any], store: Any, info: dict[str, Any] | No
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from .engine.session import format_table, rebuild_results
     from .store import RunStore
 
     registry = _registry(args)
     for run in args.runs:
         store = RunStore(run)
-        results = rebuild_results(store, registry)
-        try:
-            from .report import write_report  # the report package may add tables and figures
-        except ImportError:
-            write_report = None
-        if write_report is not None:
-            write_report([run], out=args.out)
+        if len(args.runs) > 1 and store.results_path.exists():
+            # merging: each run's results.json stays as it is, its creation time decides overlaps
+            results = json.loads(store.results_path.read_text())
+        else:
+            results = rebuild_results(store, registry)
         if not args.quiet:
             print(format_table(results))
             print(f"results: {store.results_path}")
+    if importlib.util.find_spec("matplotlib") is None:
+        print("no report (tables, figures, report.html): it needs matplotlib, pip install 'xbench[report]'", file=sys.stderr)
+        return 0
+    from .report import write_report
+
+    write_report(args.runs, out=args.out, registry=registry, gallery=not args.no_gallery, quiet=args.quiet)
     return 0
 
 

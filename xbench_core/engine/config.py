@@ -23,12 +23,13 @@ TOP_LEVEL = {
     "models": "list of {name, checkpoint, text_encoder, ...options}",
     "explainers": "list of explainer names (default [native])",
     "metrics": "list of metric names (default: all installed)",
-    "grounding": "{fixed_threshold, eval_size}",
+    "grounding": "{fixed_threshold, eval_size, strata}",
     "save_maps": "keep input-frame maps in the run directory (default true)",
     "fail_fast": "stop at the first per-sample error",
 }
-GROUNDING_KEYS = {"fixed_threshold": float, "eval_size": int}
+GROUNDING_KEYS = {"fixed_threshold": float, "eval_size": int, "strata": list}
 PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_STRATA = (0.01, 0.1)  # small < 1% of the image, medium 1-10%, large >= 10%
 
 
 @dataclass
@@ -56,6 +57,7 @@ class RunConfig:
     seed: int = 0
     fixed_threshold: float = 0.5
     eval_size: int | None = None
+    strata: tuple[float, ...] = DEFAULT_STRATA  # lesion-size bounds (region area fraction); analysis only
     save_maps: bool = True
     fail_fast: bool = False
 
@@ -69,6 +71,9 @@ class RunConfig:
         }
 
     def as_dict(self) -> dict[str, Any]:
+        grounding: dict[str, Any] = {"fixed_threshold": self.fixed_threshold, "eval_size": self.eval_size}
+        if self.strata != DEFAULT_STRATA:  # the default is stated in results.json's `analysis`
+            grounding["strata"] = list(self.strata)
         return {
             "out": self.out,
             "device": self.device,
@@ -81,7 +86,7 @@ class RunConfig:
             "models": [{"name": m.name, **m.options} for m in self.models],
             "explainers": list(self.explainers),
             "metrics": self.metrics,
-            "grounding": {"fixed_threshold": self.fixed_threshold, "eval_size": self.eval_size},
+            "grounding": grounding,
             "save_maps": self.save_maps,
             "fail_fast": self.fail_fast,
         }
@@ -202,6 +207,7 @@ def build_config(
         raise ConfigError("grounding.fixed_threshold must be on the 0.01 grid in [0, 1] (for example 0.5)")
     ev = grounding.get("eval_size")
     cfg.eval_size = None if ev is None else _typed(ev, int, "grounding.eval_size")
+    cfg.strata = _strata(grounding.get("strata", list(DEFAULT_STRATA)))
     cfg.out = data.get("out")
     cfg.device = str(data.get("device", "auto"))
     cfg.precision = str(data.get("precision", "fp32"))
@@ -217,6 +223,17 @@ def build_config(
     if cfg.batch_size < 1 or cfg.workers < 0 or (cfg.limit is not None and cfg.limit < 1):
         raise ConfigError("batch_size and limit must be >= 1, workers >= 0")
     return cfg
+
+
+def _strata(value: Any) -> tuple[float, ...]:
+    """Lesion-size bounds: increasing area fractions strictly between 0 and 1."""
+    hint = "grounding.strata must be increasing area fractions in (0, 1), for example [0.01, 0.1]"
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"{hint}; got {value!r}")
+    bounds = tuple(_typed(v, float, "grounding.strata") for v in value)
+    if any(not 0 < b < 1 for b in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:])):
+        raise ConfigError(f"{hint}; got {list(bounds)}")
+    return bounds
 
 
 def _typed(value: Any, kind: type, name: str) -> Any:

@@ -116,13 +116,19 @@ def execute(
 def rebuild_results(store: RunStore, registry: Registry, *, metrics: list[str] | None = None) -> dict[str, Any]:
     """Aggregate the records of a run directory into results.json (written) and return it."""
     from ..metrics.aggregate import aggregate
+    from ..metrics.analysis import AnalysisOptions, split_resolver
 
     manifest = store.read_manifest()
     cfg = manifest.get("config", {})
     names = metrics if metrics is not None else cfg.get("metrics")
     fns = metric_functions(registry, names)
     fixed = float(cfg.get("grounding", {}).get("fixed_threshold", 0.5))
-    body = aggregate(store.records(), fns, fixed_threshold=fixed)
+    split_of, warnings = split_resolver(cfg, registry)
+    body = aggregate(
+        store.records(), fns, fixed_threshold=fixed, kinds={n: registry.metrics[n].kind for n in fns},
+        options=AnalysisOptions.from_config(cfg), split_of=split_of,
+    )
+    body["analysis"]["warnings"] = warnings
     models = manifest.get("models", {})
     results = {
         "xbench": manifest.get("xbench"),

@@ -1,5 +1,6 @@
-"""From records to `results.json` rows: one row per (dataset, model, explainer, finding) and one
-mean row (`finding: "__mean__"`) per (dataset, model, explainer)."""
+"""From records to `results.json` rows: one row per (dataset, split, model, explainer, finding) and
+one mean row (`finding: "__mean__"`) per (dataset, split, model, explainer); the analysis
+(intervals, strata, threshold modes, fit across models) is in `analysis`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ from typing import Any
 import numpy as np
 
 from ..grounding import N_THRESHOLDS
+from .analysis import (
+    AnalysisOptions,
+    FindingAnalysis,
+    Resampler,
+    _scalar_fields,
+    analyse_finding,
+    analyse_mean,
+    recognition_vs_grounding,
+    val_pairs,
+)
+from .bootstrap import single_threaded_blas
+from .builtin import best_threshold_index
 from .data import FindingData, Undefined, as_json_value
 
 MEAN = "__mean__"
@@ -28,39 +41,51 @@ ROW_FIELDS = (
 )
 
 Metric = Callable[[FindingData], Mapping[str, Any]]
-GroupKey = tuple[str, str, str]
+GroupKey = tuple[str, Any, str, str]  # dataset, split, model, explainer
+FindingKey = tuple[str, Any, str, str, str]
+# built-in metrics by kind, for callers that do not pass the registry's kinds
+BUILTIN_KINDS = {"pointing_game": "grounding", "ebpg": "grounding", "dice": "grounding", "iou": "grounding",
+                 "auroc": "classification", "auprc": "classification", "f1": "classification",
+                 "accuracy": "classification"}
 
 
-def collect(records: Iterable[Mapping[str, Any]], fixed_threshold: float = 0.5) -> tuple[
-    dict[tuple[str, str, str, str], FindingData], dict[GroupKey, dict[str, Any]]
-]:
-    """Group records into FindingData per (dataset, model, explainer, finding), plus per-group
+def collect(
+    records: Iterable[Mapping[str, Any]],
+    fixed_threshold: float = 0.5,
+    split_of: Callable[[Mapping[str, Any]], Any] | None = None,
+) -> tuple[dict[FindingKey, FindingData], dict[GroupKey, dict[str, Any]]]:
+    """Group records into FindingData per (dataset, split, model, explainer, finding), plus per-group
     bookkeeping: error records and the per-image predictions for Hamming accuracy."""
-    cls: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
-    grd: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    split_of = split_of or (lambda r: r.get("split"))
+    cls: dict[tuple, list[tuple[int, float, str]]] = defaultdict(list)
+    grd: dict[tuple, list[tuple[Mapping[str, Any], str]]] = defaultdict(list)
     extra: dict[GroupKey, dict[str, Any]] = defaultdict(
         lambda: {"errors": [], "images": set(), "pairs": defaultdict(dict)}
     )
     for r in records:
-        g = (r["dataset"], r["model"], r["explainer"])
+        g = (r["dataset"], split_of(r), r["model"], r["explainer"])
         if r.get("error"):
             extra[g]["errors"].append(
                 {"id": r["id"], "finding": r.get("finding"), "error": r["error"]}
             )
             continue
         extra[g]["images"].add(r["id"])
+        if r.get("finding") is None:
+            continue  # a sample seen by a model that supports none of its findings
         key = (*g, r["finding"])
         if r.get("label") is not None and r.get("score") is not None:
-            cls[key].append((int(r["label"]), float(r["score"])))
+            cls[key].append((int(r["label"]), float(r["score"]), r["id"]))
             extra[g]["pairs"][r["id"]][r["finding"]] = (int(r["label"]), float(r["score"]))
         if r.get("stats") is not None:
-            grd[key].append(r["stats"])
+            grd[key].append((r["stats"], r["id"]))
         else:
             grd.setdefault(key, [])
-    data: dict[tuple[str, str, str, str], FindingData] = {}
-    for key in sorted(set(cls) | set(grd)):
-        pairs = cls.get(key, [])
-        stats = grd.get(key, [])
+    data: dict[FindingKey, FindingData] = {}
+    for key in sorted(set(cls) | set(grd), key=_sort_key):
+        # images in id order: the bootstrap's resamples must not depend on the order of the records
+        pairs = sorted(cls.get(key, []), key=lambda p: p[2])
+        grounded = sorted(grd.get(key, []), key=lambda s: s[1])
+        stats = [s for s, _ in grounded]
         data[key] = FindingData(
             labels=np.array([p[0] for p in pairs], np.int64),
             scores=np.array([p[1] for p in pairs], np.float64),
@@ -71,15 +96,22 @@ def collect(records: Iterable[Mapping[str, Any]], fixed_threshold: float = 0.5) 
             pointing_game=np.array([s["pointing_game"] for s in stats], np.float64),
             ebpg=np.array([s["ebpg"] for s in stats], np.float64),
             fixed_threshold=fixed_threshold,
+            image_ids=np.array([p[2] for p in pairs], object),
+            region_ids=np.array([i for _, i in grounded], object),
         )
     return data, extra
 
 
-def finding_row(key: tuple[str, str, str, str], data: FindingData, metrics: Mapping[str, Metric]) -> dict[str, Any]:
+def _sort_key(key: tuple) -> tuple:
+    return tuple("" if k is None else str(k) for k in key)
+
+
+def finding_row(key: FindingKey, data: FindingData, metrics: Mapping[str, Metric]) -> dict[str, Any]:
     """The row of one finding: counts, every metric's fields, and the reasons for null values."""
-    dataset, model, explainer, finding = key
+    dataset, split, model, explainer, finding = key
     row: dict[str, Any] = {
         "dataset": dataset,
+        "split": split,
         "model": model,
         "explainer": explainer,
         "finding": finding,
@@ -102,6 +134,7 @@ def mean_row(rows: list[dict[str, Any]], extra: Mapping[str, Any]) -> dict[str, 
     first = rows[0]
     out: dict[str, Any] = {
         "dataset": first["dataset"],
+        "split": first.get("split"),
         "model": first["model"],
         "explainer": first["explainer"],
         "finding": MEAN,
@@ -110,7 +143,7 @@ def mean_row(rows: list[dict[str, Any]], extra: Mapping[str, Any]) -> dict[str, 
         "n_regions": sum(r["n_regions"] for r in rows),
         "n_findings": len(rows),
     }
-    numeric = [k for k in rows[0] if k not in out and k not in ("undefined",) and k != "finding"]
+    numeric = [k for k in _scalar_fields(rows, exclude=NOT_AVERAGED) if k not in out]
     undefined: dict[str, str] = {}
     for k in numeric:
         vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
@@ -127,6 +160,18 @@ def mean_row(rows: list[dict[str, Any]], extra: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+NOT_AVERAGED = ("n_images", "n_positive", "n_regions", "crossval_thresholds", "split", "finding")
+
+
+def per_image_hamming(pairs: Mapping[str, Mapping[str, tuple[int, float]]]) -> dict[str, float]:
+    """Per image with known labels, the share of its findings predicted right at 0.5."""
+    return {
+        i: float(np.mean([(score >= 0.5) == (label == 1) for label, score in findings.values()]))
+        for i, findings in pairs.items()
+        if findings
+    }
+
+
 def hamming_accuracy(pairs: Mapping[str, Mapping[str, tuple[int, float]]]) -> float | None:
     """Mean over images of the share of its known findings predicted right at 0.5."""
     per_image = [
@@ -141,19 +186,63 @@ def aggregate(
     records: Iterable[Mapping[str, Any]],
     metrics: Mapping[str, Metric],
     fixed_threshold: float = 0.5,
+    *,
+    kinds: Mapping[str, str] | None = None,
+    options: AnalysisOptions | None = None,
+    split_of: Callable[[Mapping[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of results.json (without the run's manifest)."""
-    data, extra = collect(records, fixed_threshold)
-    rows: list[dict[str, Any]] = []
-    by_group: dict[GroupKey, list[dict[str, Any]]] = defaultdict(list)
-    for key, d in data.items():
+    """The content of results.json (without the run's manifest): rows with their confidence
+    intervals, strata and threshold modes, errors, and the recognition-vs-grounding fit.
+
+    `kinds` gives each metric's kind (grounding metrics are also computed per stratum; default: the
+    built-in metrics' kinds); `split_of` a record's dataset split (default: its `split` field)."""
+    with single_threaded_blas():
+        return _aggregate(records, metrics, fixed_threshold, kinds, options or AnalysisOptions(), split_of)
+
+
+def _aggregate(
+    records: Iterable[Mapping[str, Any]],
+    metrics: Mapping[str, Metric],
+    fixed_threshold: float,
+    kinds: Mapping[str, str] | None,
+    options: AnalysisOptions,
+    split_of: Callable[[Mapping[str, Any]], Any] | None,
+) -> dict[str, Any]:
+    kinds = {**BUILTIN_KINDS, **(kinds or {})}
+    grounding_metrics = {n: m for n, m in metrics.items() if kinds.get(n) == "grounding"}
+    data, extra = collect(records, fixed_threshold, split_of)
+    pairs = val_pairs(list(data))
+    resampler = Resampler(options)
+    analysed: dict[FindingKey, FindingAnalysis] = {}
+    # finding by finding across models, so that each finding's resamples are drawn once
+    for key in sorted(data, key=lambda k: _sort_key((k[0], k[1], k[4], k[2], k[3]))):
+        d = data[key]
+        val_index = None
+        paired = pairs.get((key[0], key[1]))
+        if paired is not None:
+            val = data.get((*paired, *key[2:]))
+            if val is not None and val.n_regions:
+                val_index = best_threshold_index(val)
         row = finding_row(key, d, metrics)
-        by_group[key[:3]].append(row)
-    errors = []
-    for g in sorted(set(by_group) | set(extra)):
-        group_rows = by_group.get(g, [])
-        rows.extend(group_rows)
-        if group_rows:
-            rows.append(mean_row(group_rows, extra[g]))
-        errors.extend({"dataset": g[0], "model": g[1], "explainer": g[2], **e} for e in extra[g]["errors"])
-    return {"rows": rows, "errors": errors}
+        analysed[key] = analyse_finding(key, d, row, grounding_metrics, options, val_index, resampler)
+    by_group: dict[GroupKey, list[FindingAnalysis]] = defaultdict(list)
+    for key in data:  # sorted by group, then finding
+        by_group[key[:4]].append(analysed[key])
+    rows: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for g in sorted(set(by_group) | set(extra), key=_sort_key):
+        group = by_group.get(g, [])
+        rows.extend(f.row for f in group)
+        if group:
+            mean = mean_row([f.row for f in group], extra[g])
+            analyse_mean(mean, group, sorted(extra[g]["images"]), per_image_hamming(extra[g]["pairs"]), options, resampler)
+            rows.append(mean)
+        errors.extend({"dataset": g[0], "model": g[2], "explainer": g[3], **e} for e in extra[g]["errors"])
+    return {
+        "rows": rows,
+        "errors": errors,
+        "analysis": {**options.describe(), "val_pairs": [
+            {"dataset": t[0], "test_split": t[1], "val_split": v[1]} for t, v in sorted(pairs.items(), key=lambda kv: _sort_key(kv[0]))
+        ]},
+        "recognition_vs_grounding": recognition_vs_grounding(rows),
+    }

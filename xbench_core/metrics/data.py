@@ -24,6 +24,8 @@ class FindingData:
     Classification: `labels` and `scores` over the images whose label is known (and scored).
     Grounding: one row per positive image with a region: cumulative threshold counts
     `hits_all`/`hits_region` [m, 101], `region_px`, `total_px`, `pointing_game`, `ebpg`.
+    `image_ids` [n] and `region_ids` [m] name the images of both (empty when unknown); the bootstrap
+    uses them to resample an image of several findings as a unit.
     """
 
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -35,6 +37,8 @@ class FindingData:
     pointing_game: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     ebpg: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     fixed_threshold: float = 0.5
+    image_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    region_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
 
     @property
     def n_regions(self) -> int:
@@ -75,6 +79,8 @@ class FindingData:
             pointing_game=self.pointing_game[g],
             ebpg=self.ebpg[g],
             fixed_threshold=self.fixed_threshold,
+            image_ids=self.image_ids[c] if len(self.image_ids) else self.image_ids,
+            region_ids=self.region_ids[g] if len(self.region_ids) else self.region_ids,
         )
 
     @staticmethod
