@@ -11,7 +11,10 @@ JIT archives (`input_resolution`, `context_length`, `vocab_size`) are dropped, a
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +112,26 @@ def resolve_checkpoint(checkpoint: str | None, variant: str) -> CheckpointSource
     raise errors[0]
 
 
+class _DropMessages(logging.Filter):
+    """Drops open_clip's warning that a model was built without weights (ours come afterwards)."""
+
+    PREFIXES = ("No pretrained weights loaded", "Local config loaded, but no CLIP weights")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    root = logging.getLogger()
+    drop = _DropMessages()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def build_architecture(variant: str, config_folder: Path | None) -> Any:
     """The open_clip CLIP module with random weights (seeded, so that `random` is reproducible).
 
@@ -123,7 +146,7 @@ def build_architecture(variant: str, config_folder: Path | None) -> Any:
     if variant not in VARIANTS:
         raise ConfigError(f"clip.variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
     name = f"local-dir:{config_folder}" if config_folder is not None else variant
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_open_clip():
         torch.manual_seed(RANDOM_SEED)
         try:
             model = open_clip.create_model(
