@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from xbench_core import (
+    ConfigError,
     FeatureLayer,
     Geometry,
     Model,
@@ -125,8 +126,6 @@ class MAVL(Model):
         from .network import MAVLNetwork
 
         if variant not in CHECKPOINT_FILES:
-            from xbench_core import ConfigError
-
             raise ConfigError(
                 f"mavl.variant must be one of {', '.join(CHECKPOINT_FILES)}; got {variant!r}"
             )
