@@ -82,5 +82,7 @@ def write_report(
     target = folder / "report.html"
     target.write_text(page, encoding="utf-8")
     if not quiet:
+        for note in [*merged.notes, *notes]:
+            print(f"note: {note}")
         print(f"report: {target} ({len(tables)} tables, {len(figures) + len(shown)} figures)")
     return target
