@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 
 import numpy as np
 import pytest
@@ -25,8 +24,14 @@ from xbench_core.testing import (
     write_bert_folder,
 )
 
-# Never download anything, whatever a test does.
-os.environ["HF_HUB_OFFLINE"] = "1"
+
+@pytest.fixture(scope="module", autouse=True)
+def offline():
+    """Never download anything, whatever a test of this module does."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
 
 POSITION_IDS = "text.transformer.embeddings.position_ids"
 ENSEMBLE = ["{finding}", "a chest x-ray showing {finding}"]

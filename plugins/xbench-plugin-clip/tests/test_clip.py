@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 
 import numpy as np
 import pytest
@@ -35,8 +34,14 @@ from xbench_core.testing import (
     save_official_checkpoint,
 )
 
-# Never download anything, whatever a test does.
-os.environ["HF_HUB_OFFLINE"] = "1"
+
+@pytest.fixture(scope="module", autouse=True)
+def offline():
+    """Never download anything, whatever a test of this module does."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
 
 ENSEMBLE = ["{finding}", "a chest x-ray showing {finding}"]
 
