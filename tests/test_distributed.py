@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ARGS = ["--set", "phantom.size=12", "--set", "phantom.resolution=64", "--batch-size", "2", "--quiet"]
+ARGS = ["--set", "phantom.size=12", "--set", "phantom.resolution=64", "--batch-size", "2", "--quiet", "--no-report"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 

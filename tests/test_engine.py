@@ -161,10 +161,10 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path) -> None:
     config.write_text(
         "datasets: [{name: phantom, size: 30, resolution: 128}]\nmodels: [random, center]\nbatch_size: 2\n"
     )
-    full = _cli("run", "-c", str(config), "--out", str(tmp_path / "full"), "--quiet", timeout=600)
+    full = _cli("run", "-c", str(config), "--out", str(tmp_path / "full"), "--quiet", "--no-report", timeout=600)
     assert full.returncode == 0, full.stderr
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "xbench_core", "run", "-c", str(config), "--out", str(run), "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "xbench_core", "run", "-c", str(config), "--out", str(run), "--quiet", "--no-report"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     shard = run / "records" / "phantom" / "center" / "native" / "shard-0.jsonl"
@@ -175,7 +175,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "results.json").exists(), "the run finished before it could be killed"
-    resumed = _cli("run", "-c", str(config), "--out", str(run), "--quiet", timeout=600)
+    resumed = _cli("run", "-c", str(config), "--out", str(run), "--quiet", "--no-report", timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "full" / "results.json").read_text())
     b = json.loads((run / "results.json").read_text())

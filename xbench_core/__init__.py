@@ -50,7 +50,8 @@ _LAZY = {
     "Explainer": "model", "FeatureLayer": "model", "Model": "model",
     "load_checkpoint": "checkpoints", "load_state_dict_strict": "checkpoints",
     "read_pickle_safely": "checkpoints", "convert_checkpoint": "checkpoints",
-    "resolve_asset": "assets",
+    "resolve_asset": "assets", "xbench_home": "assets", "asset_cache_path": "assets",
+    "write_bert_folder": "text", "generated_vocabulary": "text",
     "get_registry": "plugins", "inspect_dataset": "inspect",
 }
 

@@ -82,7 +82,7 @@ class Phantom(Dataset):
         if present["nodule"]:
             masks["nodule"] = spot(4, 12)
         if present["mass"]:
-            masks["mass"] = spot(18, 40)
+            masks["mass"] = spot(18, 90)  # up to ~10% of the image: every size stratum
         if present["consolidation"]:
             blob = spot(25, 55)
             masks["consolidation"] = blob & lungs
