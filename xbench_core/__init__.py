@@ -52,6 +52,12 @@ _LAZY = {
     "read_pickle_safely": "checkpoints", "convert_checkpoint": "checkpoints",
     "resolve_asset": "assets", "xbench_home": "assets", "asset_cache_path": "assets",
     "write_bert_folder": "text", "generated_vocabulary": "text",
+    "FrozenTextEncoder": "frozen_text", "resolve_text_encoder": "frozen_text",
+    "embed_texts": "frozen_text", "tokenize_without_sep": "frozen_text",
+    "bert_cls_embeddings": "frozen_text",
+    "IMAGENET_MEAN": "preprocessing", "IMAGENET_STD": "preprocessing",
+    "equalize_histogram": "preprocessing", "equalize_histogram_uint8": "preprocessing",
+    "squash_imagenet": "preprocessing",
     "get_registry": "plugins", "inspect_dataset": "inspect",
 }
 

@@ -14,7 +14,6 @@ import pytest
 import torch
 from xbench_plugin_mavl import SPEC
 from xbench_plugin_mavl import model as model_module
-from xbench_plugin_mavl import text_encoder as text_module
 from xbench_plugin_mavl.entities import (
     ASPECTS,
     ASPECTS_SHA256,
@@ -26,9 +25,18 @@ from xbench_plugin_mavl.entities import (
     read_aspects,
     read_descriptions,
 )
-from xbench_plugin_mavl.preprocessing import MEAN, STD, equalize_histogram, preprocess_image
 
-from xbench_core import FINDINGS, AssetError, CheckpointError, DataError, UnsupportedFinding
+from xbench_core import (
+    FINDINGS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AssetError,
+    CheckpointError,
+    DataError,
+    UnsupportedFinding,
+    embed_texts,
+    squash_imagenet,
+)
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
@@ -132,7 +140,7 @@ class TestMAVL(ModelPluginTests):
         # row 9 * e is the description of entity e, rows 9 * e + 1 .. + 8 its aspects
         encoder = model.text_encoder
         texts = [model.descriptions["effusion"], model.aspects["effusion"][5]]
-        book = text_module.embed_texts(encoder, texts, tag="mavl-test")
+        book = embed_texts(encoder, texts, tag="mavl-test")
         torch.testing.assert_close(model.module.concept_book[9 * EFFUSION], book[0])
         torch.testing.assert_close(model.module.concept_book[9 * EFFUSION + 6], book[1])
 
@@ -220,10 +228,10 @@ class TestMAVL(ModelPluginTests):
         assert geometry.kind == "squash" and geometry.scale == (224 / 300, 224 / 200)
         for channel in range(3):
             assert float(pixels[channel, 0, 0]) == pytest.approx(
-                (1.0 - MEAN[channel]) / STD[channel]
+                (1.0 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
             )
             assert float(pixels[channel, -1, -1]) == pytest.approx(
-                (0.5 - MEAN[channel]) / STD[channel]
+                (0.5 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
             )
 
     def test_unsupported_findings(self, model) -> None:
@@ -407,60 +415,15 @@ def test_without_covid19_entries_covid19_is_unsupported(tmp_path) -> None:
     assert "covid19" not in read_aspects(aspects)
 
 
-# ---- tokenizer and query cache -------------------------------------------------------------
+# ---- query cache (the text encoder itself: tests/test_frozen_text.py in the core) ----------
 
 
-def test_tokenizer_has_no_sep_and_pads_to_64(tmp_path) -> None:
-    from transformers import BertTokenizer
-
-    folder = write_bert_folder(tmp_path / "bert", vocab=generated_vocabulary(size=600))
-    tokenizer = BertTokenizer.from_pretrained(str(folder))
-    assert len(tokenizer) == 600  # the vocabulary really loaded (transformers 5 pitfall)
-    texts = ["shape: a clear, distinct line at the lung apex.", " ".join(["border"] * 90)]
-    ids, mask = text_module.tokenize_without_sep(tokenizer, texts)
-    assert tuple(ids.shape) == (2, 64) and (ids[:, 0] == tokenizer.cls_token_id).all()
-    assert not (ids == tokenizer.sep_token_id).any()
-    stock = tokenizer(texts[0])["input_ids"]
-    assert stock[-1] == tokenizer.sep_token_id
-    assert ids[0, : len(stock) - 1].tolist() == stock[:-1]
-    assert int(mask[0].sum()) == len(stock) - 1 and ids[0, len(stock) - 1 :].eq(0).all()
-    assert int(mask[1].sum()) == 64
-
-
-def test_query_cache_is_reused_and_invalidated(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("XBENCH_HOME", str(tmp_path / "home"))
-    calls = []
-    original = text_module.run_bert
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(text_module, "run_bert", counting)
-    bert = _tiny_bert(tmp_path / "bert", seed=0)
-    texts = [f"border of {name}" for name in ENTITIES[:20]]
-
-    def embed(these: list[str] = texts) -> torch.Tensor:
-        encoder = text_module.resolve_text_encoder(
-            str(bert), allow_random=False, env="UNSET_ENV_FOR_TEST", option="x"
-        )
-        return text_module.embed_texts(encoder, these, tag="mavl")
-
-    first = embed()
-    again = embed()
-    assert len(calls) == 1 and torch.equal(first, again)
-    assert len(list((tmp_path / "home" / "queries").glob("mavl-*.safetensors"))) == 1
-    changed = embed([*texts[:-1], "border of changed"])
-    assert len(calls) == 2 and not torch.equal(changed[-1], first[-1])
-    time.sleep(0.01)
-    _tiny_bert(tmp_path / "bert", seed=1)  # the same folder, other weights
-    other = embed()
-    assert len(calls) == 3 and not torch.allclose(other, first)
-
-
-def test_model_reuses_the_query_cache(home, tiny_bert, shared_model, monkeypatch) -> None:
-    monkeypatch.setattr(text_module, "run_bert", lambda *a, **k: pytest.fail("recomputed"))
+def test_model_reuses_the_query_cache(home, tiny_bert, shared_model) -> None:
+    # shared_model already filled the cache for these texts and this encoder: a hit writes nothing
+    queries = Path(home, "queries")
+    before = {path: path.stat().st_mtime_ns for path in queries.glob("*.safetensors")}
     model = SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
+    assert {path: path.stat().st_mtime_ns for path in queries.glob("*.safetensors")} == before
     assert torch.equal(model.module.concept_book, shared_model.module.concept_book)
     assert any(Path(home, "queries").glob("mavl-*.safetensors"))
 
@@ -468,16 +431,15 @@ def test_model_reuses_the_query_cache(home, tiny_bert, shared_model, monkeypatch
 # ---- preprocessing ---------------------------------------------------------------------------
 
 
-def test_histogram_equalization_matches_skimage(shared_model) -> None:
-    # expected values from skimage.exposure.equalize_hist 0.26.0 on the same array
-    image = np.array([[0, 0, 1, 2], [2, 2, 2, 3]], np.float64) / 3
-    expected = np.array([[0.25, 0.25, 0.3541666667, 0.875], [0.875, 0.875, 0.875, 1.0]])
-    np.testing.assert_allclose(equalize_histogram(image), expected, atol=1e-9)
+def test_equalize_option_changes_the_input(shared_model) -> None:
+    # the equalization itself: tests/test_preprocessing.py in the core
     ramp = np.tile(np.linspace(0, 1, 100, dtype=np.float32) ** 3, (80, 1))
-    equalized, _ = preprocess_image(ramp, equalize=True)
+    equalized, _ = squash_imagenet(ramp, equalize=True)
     plain, _ = shared_model.preprocess(ramp)
     assert shared_model.equalize_hist is False and not torch.allclose(plain, equalized)
-    assert 0.4 < float((equalized[0] * STD[0] + MEAN[0] > 0.5).float().mean()) < 0.6
+    assert (
+        0.4 < float((equalized[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0] > 0.5).float().mean()) < 0.6
+    )
 
 
 # ---- full size, slow ------------------------------------------------------------------------

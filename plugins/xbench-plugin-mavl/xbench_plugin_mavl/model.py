@@ -25,9 +25,12 @@ from xbench_core import (
     Model,
     ModelOutput,
     UnsupportedFinding,
+    embed_texts,
     load_checkpoint,
     load_state_dict_strict,
     resolve_asset,
+    resolve_text_encoder,
+    squash_imagenet,
 )
 
 from .entities import (
@@ -47,8 +50,6 @@ from .entities import (
     read_aspects,
     read_descriptions,
 )
-from .preprocessing import preprocess_image
-from .text_encoder import embed_texts, resolve_text_encoder
 
 CHECKPOINT_FILES = {"full_40": "checkpoint_full_40.pth", "full_46": "checkpoint_full_46.pth"}
 CHECKPOINT_HINT = (
@@ -149,6 +150,7 @@ class MAVL(Model):
             allow_random=self.random_weights,
             env="XBENCH_MAVL_TEXT_ENCODER",
             option="mavl.text_encoder",
+            model="MAVL",
         )
         extra = EXTRA_ENTITY in self.descriptions and EXTRA_ENTITY in self.aspects
         self.entities: tuple[str, ...] = ENTITIES + ((EXTRA_ENTITY,) if extra else ())
@@ -189,7 +191,7 @@ class MAVL(Model):
     # ---- data side ---------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> tuple[Any, Geometry]:
         """Squash to 224 x 224, three channels, ImageNet statistics (equalized first if asked)."""
-        return preprocess_image(image, equalize=self.equalize_hist)
+        return squash_imagenet(image, (224, 224), equalize=self.equalize_hist)
 
     def encode_queries(self, findings: Sequence[str]) -> EntityQueries:
         """Entity rows for the findings; the concept embeddings themselves live in the module."""

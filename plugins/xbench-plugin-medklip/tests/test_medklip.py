@@ -15,7 +15,6 @@ import pytest
 import torch
 from xbench_plugin_medklip import SPEC
 from xbench_plugin_medklip import model as model_module
-from xbench_plugin_medklip import text_encoder as text_module
 from xbench_plugin_medklip.entities import (
     DESCRIPTIONS_SHA256,
     ENTITIES,
@@ -23,9 +22,17 @@ from xbench_plugin_medklip.entities import (
     placeholder_descriptions,
     read_descriptions,
 )
-from xbench_plugin_medklip.preprocessing import MEAN, STD, equalize_histogram, preprocess_image
 
-from xbench_core import FINDINGS, AssetError, CheckpointError, DataError, UnsupportedFinding
+from xbench_core import (
+    FINDINGS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AssetError,
+    CheckpointError,
+    DataError,
+    UnsupportedFinding,
+    squash_imagenet,
+)
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
@@ -191,10 +198,10 @@ class TestMedKLIP(ModelPluginTests):
         assert geometry.scale == (224 / 300, 224 / 200)
         for channel in range(3):
             assert float(pixels[channel, 0, 0]) == pytest.approx(
-                (1.0 - MEAN[channel]) / STD[channel]
+                (1.0 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
             )
             assert float(pixels[channel, -1, -1]) == pytest.approx(
-                (0.5 - MEAN[channel]) / STD[channel]
+                (0.5 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
             )
 
     def test_unsupported_findings(self, model) -> None:
@@ -328,33 +335,6 @@ def test_missing_checkpoint_says_where_to_get_it(home) -> None:
     assert "XBENCH_MEDKLIP_CHECKPOINT" in message
 
 
-def test_text_encoder_without_weights_needs_random_checkpoint(tmp_path, tiny_bert) -> None:
-    folder = write_bert_folder(tmp_path / "bert", hidden_size=768, num_attention_heads=12)
-    with pytest.raises(AssetError, match="no weights"):
-        text_module.resolve_text_encoder(
-            str(folder), allow_random=False, env="UNSET_ENV_FOR_TEST", option="medklip.text_encoder"
-        )
-    encoder = text_module.resolve_text_encoder(
-        str(folder), allow_random=True, env="UNSET_ENV_FOR_TEST", option="medklip.text_encoder"
-    )
-    assert encoder.random and encoder.folder == folder
-
-
-def test_text_encoder_weights_that_do_not_fit_are_an_error(tmp_path) -> None:
-    from safetensors.torch import load_file, save_file
-
-    folder = _tiny_bert(tmp_path / "bert")
-    weights = load_file(str(folder / "model.safetensors"))
-    del weights["encoder.layer.0.attention.self.query.weight"]
-    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    encoder = text_module.resolve_text_encoder(
-        str(folder), allow_random=False, env="UNSET_ENV_FOR_TEST", option="x"
-    )
-    with pytest.raises(AssetError, match="encoder.layer.0.attention.self.query.weight"):
-        with encoder.load():
-            pass
-
-
 # ---- descriptions ---------------------------------------------------------------------------
 
 
@@ -408,82 +388,15 @@ def test_malformed_descriptions_name_the_key(tmp_path) -> None:
         read_descriptions(path)
 
 
-# ---- tokenizer and query cache -------------------------------------------------------------
+# ---- query cache (the text encoder itself: tests/test_frozen_text.py in the core) ----------
 
 
-def test_tokenizer_has_no_sep_and_pads_to_64(tmp_path) -> None:
-    from transformers import BertTokenizer
-
-    vocab = generated_vocabulary(size=600)
-    folder = write_bert_folder(tmp_path / "bert", vocab=vocab)
-    tokenizer = BertTokenizer.from_pretrained(str(folder))
-    assert len(tokenizer) == 600  # the vocabulary really loaded (transformers 5 pitfall)
-    texts = ["Pleural effusion is seen in the left lung.", " ".join(["opacity"] * 100), ""]
-    ids, mask = text_module.tokenize_without_sep(tokenizer, texts)
-    assert tuple(ids.shape) == (3, 64) and tuple(mask.shape) == (3, 64)
-    assert (ids[:, 0] == tokenizer.cls_token_id).all()
-    assert not (ids == tokenizer.sep_token_id).any()
-    stock = tokenizer(texts[0])["input_ids"]  # [CLS] ... [SEP] from the stock tokenizer
-    assert stock[-1] == tokenizer.sep_token_id
-    n = len(stock) - 1
-    assert ids[0, :n].tolist() == stock[:-1]
-    assert ids[0, n:].eq(tokenizer.pad_token_id).all() and mask[0].sum() == n
-    assert mask[1].sum() == 64  # truncated to [CLS] + 63 word pieces
-    assert ids[1, 1:].eq(tokenizer.convert_tokens_to_ids("opacity")).all()
-    assert mask[2].tolist() == [1] + [0] * 63  # an empty text is [CLS] alone
-
-
-def test_embeddings_skip_masked_padding_exactly(tiny_bert) -> None:
-    encoder = text_module.resolve_text_encoder(
-        str(tiny_bert), allow_random=False, env="UNSET_ENV_FOR_TEST", option="x"
-    )
-    with encoder.load() as (tokenizer, bert):
-        texts = ["effusion text", "mass of fluid in the left lung base", "clear", "air of lung"]
-        ids, mask = text_module.tokenize_without_sep(tokenizer, texts)
-        # batches of two, sorted by length, each cut to its longest text, returned in input order
-        trimmed = text_module.run_bert(bert, ids, mask, batch_size=2)
-        with torch.no_grad():
-            full = bert(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
-    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
-
-
-def test_query_cache_is_reused_and_invalidated(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("XBENCH_HOME", str(tmp_path / "home"))
-    calls = []
-    original = text_module.run_bert
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(text_module, "run_bert", counting)
-    bert = _tiny_bert(tmp_path / "bert", seed=0)
-    texts = [f"{name} text" for name in ENTITIES]
-
-    def embed(folder: Path = bert, these: list[str] = texts) -> torch.Tensor:
-        encoder = text_module.resolve_text_encoder(
-            str(folder), allow_random=False, env="UNSET_ENV_FOR_TEST", option="x"
-        )
-        return text_module.embed_texts(encoder, these, tag="medklip")
-
-    first = embed()
-    assert len(calls) == 1
-    assert len(list((tmp_path / "home" / "queries").glob("medklip-*.safetensors"))) == 1
-    again = embed()
-    assert len(calls) == 1 and torch.equal(first, again)  # read back from the cache
-    changed = embed(these=[*texts[:-1], "excluded_obs text changed"])
-    assert len(calls) == 2 and not torch.equal(changed[-1], first[-1])
-    torch.testing.assert_close(changed[:-1], first[:-1])
-    time.sleep(0.01)  # a new mtime for the rewritten weights
-    _tiny_bert(tmp_path / "bert", seed=1)  # the same folder, other weights
-    other = embed()
-    assert len(calls) == 3 and not torch.allclose(other, first)
-
-
-def test_model_reuses_the_query_cache(home, tiny_bert, shared_model, monkeypatch) -> None:
-    # shared_model already filled the cache for these placeholders and this encoder
-    monkeypatch.setattr(text_module, "run_bert", lambda *a, **k: pytest.fail("recomputed"))
+def test_model_reuses_the_query_cache(home, tiny_bert, shared_model) -> None:
+    # shared_model already filled the cache for these texts and this encoder: a hit writes nothing
+    queries = Path(home, "queries")
+    before = {path: path.stat().st_mtime_ns for path in queries.glob("*.safetensors")}
     model = SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
+    assert {path: path.stat().st_mtime_ns for path in queries.glob("*.safetensors")} == before
     assert torch.equal(model.module.entity_book, shared_model.module.entity_book)
     assert any(Path(home, "queries").glob("medklip-*.safetensors"))
     assert model.descriptions == placeholder_descriptions()
@@ -492,27 +405,16 @@ def test_model_reuses_the_query_cache(home, tiny_bert, shared_model, monkeypatch
 # ---- preprocessing ---------------------------------------------------------------------------
 
 
-def test_histogram_equalization_matches_skimage() -> None:
-    # expected values from skimage.exposure.equalize_hist 0.26.0 on the same array
-    image = np.array([[0, 0, 1, 2], [2, 2, 2, 3]], np.float64) / 3
-    expected = np.array([[0.25, 0.25, 0.3541666667, 0.875], [0.875, 0.875, 0.875, 1.0]])
-    np.testing.assert_allclose(equalize_histogram(image), expected, atol=1e-9)
-    # invariant to a linear rescaling (the official loader feeds pixel_array / 255)
-    rng = np.random.default_rng(3)
-    values = rng.random((40, 30))
-    np.testing.assert_allclose(equalize_histogram(values), equalize_histogram(values * 16.06))
-
-
 def test_equalize_option_changes_the_input(shared_model) -> None:
     assert SPEC.option("equalize_hist").default is False and shared_model.equalize_hist is False
     ramp = np.tile(np.linspace(0, 1, 100, dtype=np.float32) ** 3, (80, 1))
     plain, _ = shared_model.preprocess(ramp)
-    equalized, _ = preprocess_image(ramp, equalize=True)
+    equalized, _ = squash_imagenet(ramp, equalize=True)
     assert not torch.allclose(plain, equalized)
-    gray = equalized[0] * STD[0] + MEAN[0]
+    gray = equalized[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
     # equalization spreads a skewed ramp: about half the pixels end up above 0.5
     assert 0.4 < float((gray > 0.5).float().mean()) < 0.6
-    assert float((plain[0] * STD[0] + MEAN[0] > 0.5).float().mean()) < 0.25
+    assert float((plain[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0] > 0.5).float().mean()) < 0.25
 
 
 # ---- full size, slow ------------------------------------------------------------------------

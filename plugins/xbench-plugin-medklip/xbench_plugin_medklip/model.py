@@ -22,9 +22,12 @@ from xbench_core import (
     Model,
     ModelOutput,
     UnsupportedFinding,
+    embed_texts,
     load_checkpoint,
     load_state_dict_strict,
     resolve_asset,
+    resolve_text_encoder,
+    squash_imagenet,
 )
 
 from .entities import (
@@ -37,8 +40,6 @@ from .entities import (
     placeholder_descriptions,
     read_descriptions,
 )
-from .preprocessing import preprocess_image
-from .text_encoder import embed_texts, resolve_text_encoder
 
 CHECKPOINT_FILENAME = "checkpoint_final.pth"
 CHECKPOINT_HINT = (
@@ -116,6 +117,7 @@ class MedKLIP(Model):
             allow_random=self.random_weights,
             env="XBENCH_MEDKLIP_TEXT_ENCODER",
             option="medklip.text_encoder",
+            model="MedKLIP",
         )
         self.entities: tuple[str, ...] = ENTITIES + tuple(
             name for name in (EXTRA_ENTITY,) if name in self.descriptions
@@ -149,7 +151,7 @@ class MedKLIP(Model):
     # ---- data side ---------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> tuple[Any, Geometry]:
         """Squash to 224 x 224, three channels, ImageNet statistics (equalized first if asked)."""
-        return preprocess_image(image, equalize=self.equalize_hist)
+        return squash_imagenet(image, (224, 224), equalize=self.equalize_hist)
 
     def encode_queries(self, findings: Sequence[str]) -> EntityQueries:
         """Entity rows for the findings; the entity embeddings themselves live in the module."""

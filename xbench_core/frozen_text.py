@@ -1,15 +1,18 @@
-"""Frozen Bio_ClinicalBERT query embeddings: the text encoder's files, the official tokenizer quirk,
-and an on-disk cache keyed by the encoder and the texts.
+"""Frozen BERT query embeddings, as MedKLIP and MAVL make them: the text encoder's files, the
+official tokenizer quirk, and an on-disk cache keyed by the encoder and the texts.
 
-The official code (Zero-shot_grounding/test.py, `get_tokenizer`, and models/model_MAVL.py,
-`MAVL.__init__`) tokenizes every text with its own copy of the BERT tokenizer
-(models/tokenization_bert.py, from ALBEF, as in MedKLIP), whose
+The official code (MedKLIP: Sample_Zero-Shot_Grounding_RSNA/test.py, `get_tokenizer`, and
+models/model_MedKLIP.py; MAVL: Zero-shot_grounding/test.py and models/model_MAVL.py) tokenizes
+every text with its own copy of the BERT tokenizer (models/tokenization_bert.py, from ALBEF), whose
 `build_inputs_with_special_tokens` returns `[CLS] + tokens` for one sequence, WITHOUT the trailing
-[SEP]; pads to max_length 64 with truncation; and keeps `last_hidden_state[:, 0]` (the CLS
-vector) of `AutoModel.from_pretrained('emilyalsentzer/Bio_ClinicalBERT')`. With transformers 5
-the tokenizer is backed by the Rust library and ignores an overridden
+[SEP]; pads to max_length 64 with truncation; and keeps `last_hidden_state[:, 0]` (the CLS vector)
+of `AutoModel.from_pretrained('emilyalsentzer/Bio_ClinicalBERT')`. With transformers 5 the
+tokenizer is backed by the Rust library and ignores an overridden
 `build_inputs_with_special_tokens`, so the ids are built here from `tokenize()` and
 `convert_tokens_to_ids()`.
+
+Public (through `xbench_core`): `FrozenTextEncoder`, `resolve_text_encoder`, `embed_texts`,
+`tokenize_without_sep`, `bert_cls_embeddings`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xbench_core import AssetError, resolve_asset
+from .assets import resolve_asset, xbench_home
+from .errors import AssetError
 
 DEFAULT_TEXT_ENCODER = "emilyalsentzer/Bio_ClinicalBERT"
 MAX_LENGTH = 64  # the test scripts' get_tokenizer (pretraining used 128)
@@ -45,15 +49,8 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _CACHE_FORMAT = "albef-no-sep/cls-last-layer/v1"
 
 
-def xbench_home() -> Path:
-    """`$XBENCH_HOME`, default ~/.cache/xbench (the core's cache root)."""
-    # CORE-REQUEST: export `xbench_home` from xbench_core (it lives in xbench_core.assets, which
-    # plugins may not import); this mirrors it.
-    return Path(os.environ.get("XBENCH_HOME") or "~/.cache/xbench").expanduser()
-
-
 @dataclass(frozen=True)
-class TextEncoder:
+class FrozenTextEncoder:
     """Where a BERT text encoder comes from: its config and vocabulary, and weights or none.
 
     `folder` holds config.json and vocab.txt (None: a generated Bio_ClinicalBERT-shaped BERT
@@ -95,7 +92,7 @@ class TextEncoder:
         if self.folder is not None:
             yield self.folder
             return
-        from xbench_core.text import write_bert_folder
+        from .text import write_bert_folder
 
         with tempfile.TemporaryDirectory(prefix="xbench-bert-") as tmp:
             yield write_bert_folder(
@@ -147,18 +144,20 @@ class TextEncoder:
 
 
 def resolve_text_encoder(
-    given: str | None, *, allow_random: bool, env: str, option: str
-) -> TextEncoder:
-    """Find the text encoder: a local folder, a Hub id (default Bio_ClinicalBERT), or, for
-    `checkpoint: random` with nothing given, a generated BERT of Bio_ClinicalBERT's shape."""
+    given: str | None, *, allow_random: bool, env: str, option: str, model: str = "The model"
+) -> FrozenTextEncoder:
+    """Find the text encoder: `given` (else `$env`) as a local folder or a Hub id (default
+    Bio_ClinicalBERT), or, with `allow_random` (`checkpoint: random`) and nothing given, a
+    generated BERT of Bio_ClinicalBERT's shape. `option` and `model` (e.g. "MedKLIP") name the
+    option and the model in the messages; Hub files are fetched one by one with `resolve_asset`."""
     value = given if given not in (None, "") else os.environ.get(env) or None
     origin = f"--set {option}" if given not in (None, "") else f"the environment variable {env}"
     if value is None and allow_random:
-        return TextEncoder(None, None, "a generated Bio_ClinicalBERT-shaped random BERT")
+        return FrozenTextEncoder(None, None, "a generated Bio_ClinicalBERT-shaped random BERT")
     if value is not None and Path(value).expanduser().exists():
-        return _from_folder(Path(value).expanduser(), allow_random, origin)
+        return _from_folder(Path(value).expanduser(), allow_random, origin, model)
     hub_id = value or DEFAULT_TEXT_ENCODER
-    name = "MAVL text encoder (Bio_ClinicalBERT)"
+    name = f"{model} text encoder (Bio_ClinicalBERT)"
     resolve_asset(name, hub_id, filename="config.json", option=option)
     vocab = resolve_asset(name, hub_id, filename="vocab.txt", option=option)
     with contextlib.suppress(AssetError):  # optional: Bio_ClinicalBERT has none
@@ -178,10 +177,10 @@ def resolve_text_encoder(
             f"{weights.parent}); pass a local folder with config.json, vocab.txt and the weights "
             f"with --set {option}=PATH."
         )
-    return TextEncoder(vocab.parent, weights, f"the text encoder {hub_id}")
+    return FrozenTextEncoder(vocab.parent, weights, f"the text encoder {hub_id}")
 
 
-def _from_folder(folder: Path, allow_random: bool, origin: str) -> TextEncoder:
+def _from_folder(folder: Path, allow_random: bool, origin: str, model: str) -> FrozenTextEncoder:
     if not folder.is_dir():
         raise AssetError(
             f"{origin} is {folder}, a file; the text encoder is a folder with config.json, "
@@ -197,10 +196,10 @@ def _from_folder(folder: Path, allow_random: bool, origin: str) -> TextEncoder:
     if weights is None and not allow_random:
         raise AssetError(
             f"the text encoder folder {folder} ({origin}) has no weights ({' or '.join(_WEIGHT_FILES)}); "
-            "MAVL's checkpoint does not carry the text encoder, so the real Bio_ClinicalBERT "
+            f"{model}'s checkpoint does not carry the text encoder, so the real Bio_ClinicalBERT "
             "weights are needed (a folder without weights is only accepted with checkpoint=random)."
         )
-    return TextEncoder(folder, weights, f"the text encoder at {folder}")
+    return FrozenTextEncoder(folder, weights, f"the text encoder at {folder}")
 
 
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
@@ -239,7 +238,9 @@ def tokenize_without_sep(
     return ids, mask
 
 
-def run_bert(bert: Any, input_ids: Any, attention_mask: Any, batch_size: int = 64) -> Any:
+def bert_cls_embeddings(
+    bert: Any, input_ids: Any, attention_mask: Any, batch_size: int = 64
+) -> Any:
     """CLS vectors of the last layer, [N, hidden], float32 on the CPU, in the order of the input.
 
     Texts run in batches of similar length, each batch on its longest text rather than the full
@@ -280,9 +281,10 @@ def cache_path(tag: str, key: str) -> Path:
     return xbench_home() / "queries" / f"{tag}-{key[:24]}.safetensors"
 
 
-def embed_texts(encoder: TextEncoder, texts: Sequence[str], *, tag: str) -> Any:
+def embed_texts(encoder: FrozenTextEncoder, texts: Sequence[str], *, tag: str) -> Any:
     """CLS embeddings of `texts` [N, hidden] (float32), computed once and then read from the cache
-    `$XBENCH_HOME/queries/<tag>-<key>.safetensors`."""
+    `$XBENCH_HOME/queries/<tag>-<key>.safetensors` (`tag`: the cache name prefix, e.g. the
+    plugin's name)."""
     key = cache_key(encoder.identity(), texts)
     path = cache_path(tag, key)
     cached = _read_cache(path, key, len(texts))
@@ -290,7 +292,7 @@ def embed_texts(encoder: TextEncoder, texts: Sequence[str], *, tag: str) -> Any:
         return cached
     with encoder.load() as (tokenizer, bert):
         input_ids, attention_mask = tokenize_without_sep(tokenizer, texts)
-        embeddings = run_bert(bert, input_ids, attention_mask)
+        embeddings = bert_cls_embeddings(bert, input_ids, attention_mask)
     _write_cache(path, key, embeddings, encoder.label)
     return embeddings
 
