@@ -557,3 +557,18 @@ def test_xbench_run_explains_a_differentiable_plugin_model(tmp_path: Path) -> No
     ]
     assert records and all(r["error"] is None for r in records)
     assert any(r["stats"] is not None for r in records)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "rise"])
+def test_under_bf16_autocast_as_on_accelerators(method: str) -> None:
+    """The engine wraps explainers in autocast on accelerators; CPU autocast stands in for it
+    here: the maps stay float32 and finite, and close to the fp32 maps."""
+    model = ToyConv(detector=False, seed=7)
+    pixels = batch(model, 2, seed=7)
+    options = {"masks": 60} if method == "rise" else {}
+    reference = run(model, method, pixels, **options)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        maps = run(model, method, pixels, **options)
+    assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
+    scale = float(reference.abs().max())
+    assert float((maps - reference).abs().max()) < 0.05 * scale

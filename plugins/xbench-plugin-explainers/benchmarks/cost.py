@@ -1,0 +1,102 @@
+"""Cost of each explainer per image, relative to the native map, on the CPU (same run, same model).
+
+The native map comes with the one forward pass the engine makes anyway, so its cost is that of
+`model.forward`; each explainer is timed on the same batch, after that forward, as the engine calls
+it (queries encoded under inference mode; rise under inference mode; gradient explainers with
+gradients enabled inside). Times are medians over `--repeats` runs; the ratios are what to compare
+across machines.
+
+    python benchmarks/cost.py --model toy
+    python benchmarks/cost.py --model clip --images 2 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xbench_core.testing import get_registry
+
+FINDINGS = ("nodule", "mass", "consolidation", "pleural_effusion", "pneumothorax", "cardiomegaly")
+
+
+def build(name: str) -> Any:
+    if name == "toy":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from xbench_explainers_toys import ToyConv
+
+        return ToyConv(detector=False, batchnorm=True)
+    model = get_registry().models[name].build(checkpoint="random")
+    model.module.to("cpu").eval()
+    return model
+
+
+def timed(fn: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--model", default="toy", help="toy, or an installed model built with random weights"
+    )
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = build(args.model)
+    findings = [f for f in FINDINGS if model.supports(f)]
+    rng = np.random.default_rng(0)
+    pixels = torch.stack(
+        [
+            torch.as_tensor(model.preprocess(rng.random((256, 256), dtype=np.float32))[0])
+            for _ in range(args.images)
+        ]
+    )
+    registry = get_registry()
+    with torch.inference_mode():
+        queries = model.encode_queries(findings)
+
+    def forward() -> Any:
+        with torch.inference_mode():
+            return model.forward(pixels, queries)
+
+    output = forward()
+    native = timed(forward, args.repeats)
+    print(
+        f"model {args.model}: {args.images} images, {len(findings)} findings, torch threads "
+        f"{torch.get_num_threads()}"
+    )
+    print(f"{'explainer':<10} {'s/image':>9} {'x native':>9}")
+    print(f"{'native':<10} {native / args.images:>9.4f} {1.0:>9.1f}")
+    for name in ("gradcam", "gradcampp", "rise"):
+        explainer = registry.explainers[name].build()
+
+        def explain(
+            explainer: Any = explainer, needs_grad: bool = registry.explainers[name].needs_grad
+        ) -> Any:
+            if needs_grad:
+                return explainer.explain(model, pixels, queries, output)
+            with torch.inference_mode():
+                return explainer.explain(model, pixels, queries, output)
+
+        t = timed(explain, 1 if name == "rise" else args.repeats)
+        print(f"{name:<10} {t / args.images:>9.4f} {t / native:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
