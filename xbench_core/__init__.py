@@ -58,6 +58,7 @@ _LAZY = {
     "IMAGENET_MEAN": "preprocessing", "IMAGENET_STD": "preprocessing",
     "equalize_histogram": "preprocessing", "equalize_histogram_uint8": "preprocessing",
     "squash_imagenet": "preprocessing",
+    "PreNormDecoderLayer": "decoder",
     "get_registry": "plugins", "inspect_dataset": "inspect",
 }
 

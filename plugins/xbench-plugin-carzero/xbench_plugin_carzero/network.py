@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from torch import nn
 
+from xbench_core import PreNormDecoderLayer
+
 from .text import TextEncoder
 
 IMAGE_SIZE = 224
@@ -130,45 +132,16 @@ class ImageEncoder(nn.Module):
 # Fusion: TQN_Model with decoder layers that skip self-attention
 
 
-class DecoderLayer(nn.Module):
-    """`TransformerDecoderWoSelfAttenLayer` (pre-norm): cross-attention and FFN, no self-attention.
-
-    `self_attn`, `norm1` and `dropout1` are created (their weights are in the checkpoint) and never
-    used, as in the official layer.
-    """
-
-    def __init__(self, width: int = WIDTH, heads: int = 4, hidden: int = 1024, p: float = 0.1):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(width, heads, dropout=p)
-        self.multihead_attn = nn.MultiheadAttention(width, heads, dropout=p)
-        self.linear1 = nn.Linear(width, hidden)
-        self.dropout = nn.Dropout(p)
-        self.linear2 = nn.Linear(hidden, width)
-        self.norm1 = nn.LayerNorm(width)
-        self.norm2 = nn.LayerNorm(width)
-        self.norm3 = nn.LayerNorm(width)
-        self.dropout1 = nn.Dropout(p)
-        self.dropout2 = nn.Dropout(p)
-        self.dropout3 = nn.Dropout(p)
-
-    def forward(
-        self, queries: torch.Tensor, memory: torch.Tensor, need_weights: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Sequence-first: queries [Q, N, D], memory [S, N, D] -> ([Q, N, D], weights [N, Q, S])."""
-        attended, weights = self.multihead_attn(
-            self.norm2(queries), memory, memory, need_weights=need_weights
-        )
-        queries = queries + self.dropout2(attended)
-        hidden = self.linear2(self.dropout(F.relu(self.linear1(self.norm3(queries)))))
-        return queries + self.dropout3(hidden), weights
-
-
 class Decoder(nn.Module):
     """`TransformerDecoder`: the layers, then the final norm (the shared `decoder_norm`)."""
 
     def __init__(self, layers: int, norm: nn.Module) -> None:
         super().__init__()
-        self.layers = nn.ModuleList([DecoderLayer() for _ in range(layers)])
+        # `TransformerDecoderWoSelfAttenLayer`: self_attn, norm1 and dropout1 are created (their
+        # weights are in the checkpoint) and never used, as in the official layer.
+        self.layers = nn.ModuleList(
+            [PreNormDecoderLayer(WIDTH, 4, 1024, 0.1, self_attention=False) for _ in range(layers)]
+        )
         self.norm = norm
 
     def forward(

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xbench_core import PreNormDecoderLayer
+
 D_MODEL = 768
 HEADS = 4
 FFN = 1024
@@ -146,43 +148,14 @@ class TextEncoder(nn.Module):
         return self.mlp_embed(out.pooler_output)
 
 
-class DecoderLayer(nn.Module):
-    """A pre-norm DETR decoder layer, sequence-first: self-attention, cross-attention, FFN."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(D_MODEL, HEADS, dropout=DROPOUT)
-        self.multihead_attn = nn.MultiheadAttention(D_MODEL, HEADS, dropout=DROPOUT)
-        self.linear1 = nn.Linear(D_MODEL, FFN)
-        self.dropout = nn.Dropout(DROPOUT)
-        self.linear2 = nn.Linear(FFN, D_MODEL)
-        self.norm1 = nn.LayerNorm(D_MODEL)
-        self.norm2 = nn.LayerNorm(D_MODEL)
-        self.norm3 = nn.LayerNorm(D_MODEL)
-        self.dropout1 = nn.Dropout(DROPOUT)
-        self.dropout2 = nn.Dropout(DROPOUT)
-        self.dropout3 = nn.Dropout(DROPOUT)
-
-    def forward(self, tgt: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tgt [Q, B, d], memory [N, B, d] -> (tgt, cross-attention [B, Q, N] averaged over heads)."""
-        x = self.norm1(tgt)
-        tgt = tgt + self.dropout1(self.self_attn(x, x, x, need_weights=False)[0])
-        x = self.norm2(tgt)
-        attended, weights = self.multihead_attn(
-            x, memory, memory, need_weights=True, average_attn_weights=True
-        )
-        tgt = tgt + self.dropout2(attended)
-        x = self.norm3(tgt)
-        tgt = tgt + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(x)))))
-        return tgt, weights
-
-
 class Decoder(nn.Module):
     """The decoder layers and the final norm (shared with `decoder_norm`, as in TQN_Model)."""
 
     def __init__(self, norm: nn.LayerNorm) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer() for _ in range(LAYERS))
+        self.layers = nn.ModuleList(
+            PreNormDecoderLayer(D_MODEL, HEADS, FFN, DROPOUT) for _ in range(LAYERS)
+        )
         self.norm = norm
 
     def forward(

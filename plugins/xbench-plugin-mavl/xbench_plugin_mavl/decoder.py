@@ -9,39 +9,9 @@ none); every layer returns the head-averaged cross-attention weights of `nn.Mult
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class DecoderLayer(nn.Module):
-    """One pre-norm layer: t += SA(norm1(t)); t += CA(norm2(t), memory); t += FFN(norm3(t))."""
-
-    def __init__(self, d_model: int, heads: int, feedforward: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        # Creation order as in MAVL's layer (norm1 and self_attn come after linear2 there, inside
-        # `if self_attention:`), so that state_dict keys come in the official order.
-        self.multihead_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.self_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
-
-    def forward(self, target: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
-        normed = self.norm1(target)
-        attended, _ = self.self_attn(normed, normed, normed, need_weights=False)
-        target = target + self.dropout1(attended)
-        normed = self.norm2(target)
-        attended, weights = self.multihead_attn(normed, memory, memory, need_weights=True)
-        target = target + self.dropout2(attended)
-        normed = self.norm3(target)
-        target = target + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(normed)))))
-        return target, weights
+from xbench_core import PreNormDecoderLayer
 
 
 class Decoder(nn.Module):
@@ -52,7 +22,9 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            DecoderLayer(d_model, heads, feedforward, dropout) for _ in range(layers)
+            # MAVL creates norm1 and self_attn after linear2 (inside `if self_attention:`)
+            PreNormDecoderLayer(d_model, heads, feedforward, dropout, self_attn_late=True)
+            for _ in range(layers)
         )
         self.norm = nn.LayerNorm(d_model)
 
@@ -75,4 +47,4 @@ def init_like_official(module: nn.Module) -> None:
             nn.init.normal_(sub.out_proj.weight, mean=0.0, std=0.02)
 
 
-__all__ = ["Decoder", "DecoderLayer", "init_like_official"]
+__all__ = ["Decoder", "init_like_official"]
