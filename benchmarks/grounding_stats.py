@@ -37,7 +37,7 @@ def make_case(n: int = 1, size: int = 1024, seed: int = 0) -> tuple[torch.Tensor
     maps, _ = normalize(maps)
     y, x = np.ogrid[:size, :size]
     masks = []
-    for i in range(n):
+    for _ in range(n):
         cy, cx = rng.uniform(0.3, 0.7, 2) * size
         masks.append(((y - cy) / (0.12 * size)) ** 2 + ((x - cx) / (0.1 * size)) ** 2 <= 1)
     return maps, torch.from_numpy(np.stack(masks))

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from synthetic import install_plugin, write_dicoms
+
 from xbench_core import read_image
 from xbench_core.engine.config import build_config
 from xbench_core.engine.session import execute
