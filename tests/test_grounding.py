@@ -165,3 +165,18 @@ def test_numpy_and_torch_paths_agree_on_frame_and_normalization() -> None:
     np.testing.assert_array_equal(na, nb.numpy())
     np.testing.assert_array_equal(ca, cb.numpy())
     assert na.max() == 1.0 and na.min() == 0.0
+
+
+def test_fast_bin_counts_equal_exact_bins_near_every_threshold() -> None:
+    from xbench_core.grounding import _bin_counts
+
+    near = [THRESHOLDS]
+    for direction in (np.float32(2), np.float32(-1)):
+        step = THRESHOLDS.copy()
+        for _ in range(4):  # four float32 neighbours on each side of every threshold
+            step = np.nextafter(step, direction)
+            near.append(step)
+    rng = np.random.default_rng(9)
+    vals = np.clip(np.concatenate([*near, rng.random(100_000, dtype=np.float32)]), 0, 1).astype(np.float32)
+    exact = np.bincount(threshold_bins(vals), minlength=101)
+    np.testing.assert_array_equal(_bin_counts(vals), exact)

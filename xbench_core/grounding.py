@@ -197,6 +197,26 @@ def grounding_stats(maps: Any, masks: Any, *, normalized: bool = True) -> Ground
     return _stats_torch(maps.float(), masks.bool())
 
 
+# float32 rounding moves v * 100 by at most ~1.2e-5 relative to the float32 thresholds, so a value
+# whose v * 100 lies farther than this from an integer is binned right by truncation alone.
+_NEAR = np.float32(1e-4)
+
+
+def _bin_counts(values: np.ndarray) -> np.ndarray:
+    """Pixels per threshold bin, equal to `bincount(threshold_bins(values))`: truncation of
+    v * 100 for all values, and the exact comparisons only for the few values near a threshold."""
+    scaled = values * np.float32(100)
+    np.clip(scaled, 0, N_THRESHOLDS - 1, out=scaled)
+    k = scaled.astype(np.uint8)
+    counts = np.bincount(k, minlength=N_THRESHOLDS)
+    frac = scaled - k
+    near = np.flatnonzero((frac < _NEAR) | (frac > 1 - _NEAR))
+    if near.size:
+        counts -= np.bincount(k[near], minlength=N_THRESHOLDS)
+        counts += np.bincount(threshold_bins(values[near]), minlength=N_THRESHOLDS)
+    return counts
+
+
 def _stats_numpy(maps: np.ndarray, masks: np.ndarray) -> GroundingStats:
     import torch
 
@@ -210,21 +230,17 @@ def _stats_numpy(maps: np.ndarray, masks: np.ndarray) -> GroundingStats:
     total = maps[0].size if n else 0
     for i in range(n):
         v = maps[i].reshape(-1)
-        r = masks[i].reshape(-1)
-        k = threshold_bins(v)
-        counts = np.bincount(k, minlength=N_THRESHOLDS)
-        inside = k[r]
-        counts_r = np.bincount(inside, minlength=N_THRESHOLDS)
+        inside = np.flatnonzero(masks[i].reshape(-1))
+        counts = _bin_counts(v)
+        counts_r = np.bincount(threshold_bins(v[inside]), minlength=N_THRESHOLDS)
         hits_all[i] = np.cumsum(counts[::-1])[::-1]
         hits_region[i] = np.cumsum(counts_r[::-1])[::-1]
         region_px[i] = inside.size
         peak, low = v.max(), v.min()
         constant[i] = peak <= low
-        ties = v == peak
-        n_ties = np.count_nonzero(ties)
-        pointing[i] = np.count_nonzero(ties & r) / n_ties
+        pointing[i] = np.count_nonzero(v[inside] == peak) / np.count_nonzero(v == peak)
         mass = float(v.sum(dtype=np.float64))
-        ebpg[i] = float(v[r].sum(dtype=np.float64)) / mass if mass > 0 else inside.size / total
+        ebpg[i] = float(v[inside].sum(dtype=np.float64)) / mass if mass > 0 else inside.size / total
     t = torch.from_numpy
     return GroundingStats(
         t(hits_all), t(hits_region), t(region_px), torch.full((n,), total, dtype=torch.int64),
