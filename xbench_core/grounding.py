@@ -102,7 +102,9 @@ def to_eval_frame(maps: Any, geometry: Geometry, eval_size: tuple[int, int]) -> 
     outside_cols = np.flatnonzero(np.abs(gx) > 1)
     if isinstance(maps, np.ndarray):
         maps = maps.astype(np.float32, copy=False)
-        out = np.matmul(wy, np.matmul(maps, wx.T))
+        wxt = np.ascontiguousarray(wx.T)
+        # one 2-D BLAS product pair per map (a stacked matmul can miss the BLAS path)
+        out = np.stack([wy @ (m @ wxt) for m in maps])
         if outside_rows.size or outside_cols.size:
             low = maps.reshape(len(maps), -1).min(axis=1)[:, None]
             out[:, outside_rows, :] = low[:, :, None]
@@ -149,17 +151,20 @@ def normalize(maps: Any) -> tuple[Any, Any]:
 
 
 def evaluate_maps(maps: Any, geometry: Geometry, eval_size: tuple[int, int], masks: Any) -> GroundingStats:
-    """The whole per-image step: [F, gh, gw] input-frame maps and [F, He, We] region masks ->
+    """The whole per-image step: [F, gh, gw] input-frame maps and F region masks [He, We] ->
     statistics. On the CPU it runs in numpy; on an accelerator in torch, on the device."""
     if getattr(maps, "device", None) is not None and maps.device.type != "cpu":
+        import torch
+
         frame = to_eval_frame(maps, geometry, eval_size)
         normed, _ = normalize(frame)
-        return _stats_torch(normed, masks.to(frame.device, non_blocking=True).bool())
+        regions = torch.stack([torch.as_tensor(m) for m in masks]).to(frame.device, non_blocking=True)
+        return _stats_torch(normed, regions.bool())
     values = maps.detach().float().numpy() if not isinstance(maps, np.ndarray) else maps
     frame = to_eval_frame(values, geometry, eval_size)
     normed, _ = normalize(frame)
-    regions = masks.numpy() if not isinstance(masks, np.ndarray) else masks
-    return _stats_numpy(normed, regions.astype(bool, copy=False))
+    regions = np.stack([np.asarray(m, dtype=bool) for m in masks])
+    return _stats_numpy(normed, regions)
 
 
 # The thresholds with a sentinel above 1, so that "value >= next threshold" needs no bounds check.

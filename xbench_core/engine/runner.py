@@ -296,7 +296,7 @@ class Runner:
                     rows[f]["error"] = str(MapError("map has NaN or infinite values"))
             if finite:
                 idx = torch.tensor([j for j, _ in finite], device=maps.device)
-                masks = torch.stack([it["masks"][f] for _, f in finite])
+                masks = [it["masks"][f] for _, f in finite]
                 stats = evaluate_maps(maps[b].index_select(0, idx), it["geometry"][m.name], it["eval_size"], masks)
                 for (_, f), st in zip(finite, stats.rows()):
                     if st["region_px"] == 0:
