@@ -101,10 +101,12 @@ def to_eval_frame(maps: Any, geometry: Geometry, eval_size: tuple[int, int]) -> 
     outside_rows = np.flatnonzero(np.abs(gy) > 1)
     outside_cols = np.flatnonzero(np.abs(gx) > 1)
     if isinstance(maps, np.ndarray):
+        # float64 products, rounded once to float32: BLAS thread counts and kernels change the
+        # order of the sums, and float64 keeps that from reaching the float32 map (and the counts)
         maps = maps.astype(np.float32, copy=False)
-        wxt = np.ascontiguousarray(wx.T)
+        wy64, wxt = wy.astype(np.float64), np.ascontiguousarray(wx.T, dtype=np.float64)
         # one 2-D BLAS product pair per map (a stacked matmul can miss the BLAS path)
-        out = np.stack([wy @ (m @ wxt) for m in maps])
+        out = np.stack([(wy64 @ (m.astype(np.float64) @ wxt)).astype(np.float32) for m in maps])
         if outside_rows.size or outside_cols.size:
             low = maps.reshape(len(maps), -1).min(axis=1)[:, None]
             out[:, outside_rows, :] = low[:, :, None]
