@@ -92,10 +92,10 @@ def test_grounding_counts_match_direct_computation(tmp_path: Path) -> None:
     model = CenterBaseline()
     pixels, geom = model.preprocess(sample.image)
     out = model.forward(pixels[None], [r["finding"]])
-    frame = to_eval_frame(out.maps["prior"][0], geom, sample.image.shape)
+    frame = to_eval_frame(out.maps["prior"][0].numpy(), geom, sample.image.shape)  # the CPU path
     normed, _ = normalize(frame)
     mask = sample.regions[r["finding"]].rasterize()
-    hits_all, hits_region = naive_counts(normed[0].numpy(), mask)
+    hits_all, hits_region = naive_counts(normed[0], mask)
     assert r["stats"]["hits_all"] == hits_all.tolist()
     assert r["stats"]["hits_region"] == hits_region.tolist()
     assert r["stats"]["region_px"] == int(mask.sum())
