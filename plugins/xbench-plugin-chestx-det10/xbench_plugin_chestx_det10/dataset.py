@@ -23,32 +23,24 @@ from xbench_core import (
     ConfigError,
     DataError,
     Dataset,
-    ImageIndex,
     Problem,
     Region,
     Sample,
     canonical,
+    clip_box,
+    fit_regions_to_image,
     id_from_value,
+    image_index,
     open_text,
-    read_id_list,
-    read_image,
+    require_choice,
     require_file,
+    select_listed,
+    under_root,
 )
+
+from . import FINDINGS as DET10_FINDINGS
 
 IMAGE_SIZE = (1024, 1024)  # (H, W): the NIH PNGs both files are annotated on
-
-DET10_FINDINGS = (
-    "atelectasis",
-    "calcification",
-    "consolidation",
-    "pleural_effusion",
-    "emphysema",
-    "fibrosis",
-    "fracture",
-    "mass",
-    "nodule",
-    "pneumothorax",
-)
 # ChestX-Det (13 classes) adds these three.
 EXTRA_FINDINGS = ("cardiomegaly", "diffuse_nodule", "pleural_thickening")
 
@@ -81,14 +73,9 @@ class ChestXDet10(Dataset):
         regions: str = "boxes",
         box_convention: str = "inclusive",
     ) -> None:
-        if split not in ("train", "test"):
-            raise ConfigError(f"chestx-det10.split must be train or test, got {split!r}")
-        if regions not in ("boxes", "polygons"):
-            raise ConfigError(f"chestx-det10.regions must be boxes or polygons, got {regions!r}")
-        if box_convention not in ("inclusive", "half_open"):
-            raise ConfigError(
-                f"chestx-det10.box_convention must be inclusive or half_open, got {box_convention!r}"
-            )
+        require_choice("chestx-det10.split", split, ("train", "test"))
+        require_choice("chestx-det10.regions", regions, ("boxes", "polygons"))
+        require_choice("chestx-det10.box_convention", box_convention, ("inclusive", "half_open"))
         self.name = "chestx-det10"
         self.split = split
         self.regions_kind = regions
@@ -113,30 +100,27 @@ class ChestXDet10(Dataset):
         parsed = self._parse(entries)
         ids = sorted(parsed)
         if split_file:
-            ids = self._select(ids, Path(split_file))
+            ids = select_listed(
+                split_file,
+                set(ids),
+                self.problems,
+                lambda sid: f"id {sid!r} is not in {self.label_file.name}; skipped",
+            )
         self._ids = ids
         self._entries = parsed
-
-        if image_dir:
-            folder = Path(image_dir).expanduser()
-            folder = folder if folder.is_absolute() else self.root / folder
-            if not folder.is_dir():
-                raise DataError(
-                    f"chestx-det10.image_dir not found: {folder}\nExpected layout:\n{LAYOUT}"
-                )
-            self._images = ImageIndex(folder, suffixes=(".png",))
-            self._default_folder = folder
-        else:
-            preferred = [self.root / f"{split}_data", self.root / split, self.root / "images"]
-            self._images = ImageIndex(self.root, suffixes=(".png",), preferred=preferred)
-            self._default_folder = next((p for p in preferred if p.is_dir()), preferred[0])
+        self._images, self._default_folder = image_index(
+            self.root,
+            image_dir,
+            [self.root / f"{split}_data", self.root / split, self.root / "images"],
+            option="chestx-det10.image_dir",
+            layout=LAYOUT,
+            suffixes=(".png",),
+        )
 
     # -- files ------------------------------------------------------------------------------------
     def _label_file(self, given: str | None) -> Path:
         if given:
-            path = Path(given).expanduser()
-            path = path if path.is_absolute() else self.root / path
-            return require_file(path, "chestx-det10 label_file", LAYOUT)
+            return require_file(under_root(self.root, given), "chestx-det10 label_file", LAYOUT)
         candidates = [
             self.root / f"{self.split}.json",
             self.root / f"ChestX_Det_{self.split}.json",
@@ -242,16 +226,11 @@ class ChestXDet10(Dataset):
         if self.box_convention == "inclusive":
             x2, y2 = x2 + 1.0, y2 + 1.0
         h, w = IMAGE_SIZE
-        clipped = [
-            min(max(x1, 0.0), w),
-            min(max(y1, 0.0), h),
-            min(max(x2, 0.0), w),
-            min(max(y2, 0.0), h),
-        ]
-        if clipped != [x1, y1, x2, y2]:
-            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                self._problem(f"{where}: box {raw!r} lies outside the {w}x{h} image; skipped", sid)
-                return None
+        clipped, fate = clip_box([x1, y1, x2, y2], IMAGE_SIZE)
+        if fate == "outside":
+            self._problem(f"{where}: box {raw!r} lies outside the {w}x{h} image; skipped", sid)
+            return None
+        if fate == "clipped":
             self._problem(f"{where}: box {raw!r} reaches outside the {w}x{h} image; clipped", sid)
         return clipped
 
@@ -268,13 +247,6 @@ class ChestXDet10(Dataset):
         if not np.array_equal(inside, pts):
             self._problem(f"{where}: polygon reaches outside the {w}x{h} image; clipped", sid)
         return inside
-
-    def _select(self, ids: list[str], split_file: Path) -> list[str]:
-        keep, problems = read_id_list(split_file).select(
-            set(ids), lambda sid: f"id {sid!r} is not in {self.label_file.name}; skipped"
-        )
-        self.problems += problems
-        return sorted(keep)
 
     # -- samples ----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -305,15 +277,6 @@ class ChestXDet10(Dataset):
             },
         )
 
-    def load_image(self, sample: Sample) -> np.ndarray:
-        return read_image(sample.meta["path"], dataset=self.name)
-
     def __getitem__(self, index: int) -> Sample:
-        sample = self.annotation(index)
-        sample.image = self.load_image(sample)
-        if sample.image.shape != IMAGE_SIZE:
-            # A resized copy of the PNGs: the labels stay on the 1024 grid, the regions follow.
-            sample.regions = {f: r.resized(sample.image.shape) for f, r in sample.regions.items()}
-            sample.meta["label_size"] = IMAGE_SIZE
-            sample.meta["size"] = tuple(sample.image.shape)
-        return sample
+        # A resized copy of the PNGs: the labels stay on the 1024 grid, the regions follow.
+        return fit_regions_to_image(super().__getitem__(index))

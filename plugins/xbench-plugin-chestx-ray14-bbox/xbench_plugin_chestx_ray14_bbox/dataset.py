@@ -15,37 +15,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from xbench_core import (
     ConfigError,
     DataError,
     Dataset,
-    ImageIndex,
     Problem,
     Region,
     Sample,
     canonical,
+    clip_box,
     find_file,
+    fit_regions_to_image,
     id_from_value,
+    image_index,
     open_text,
-    read_id_list,
-    read_image,
+    require_choice,
     require_file,
+    select_listed,
+    under_root,
 )
+
+from . import FINDINGS
 
 IMAGE_SIZE = (1024, 1024)  # (H, W) of the released PNGs, the grid the boxes are drawn on
-
-FINDINGS = (
-    "atelectasis",
-    "cardiomegaly",
-    "pleural_effusion",
-    "infiltration",
-    "mass",
-    "nodule",
-    "pneumonia",
-    "pneumothorax",
-)
 
 LAYOUT = """\
   <root>/
@@ -85,11 +77,9 @@ class ChestXray14BBox(Dataset):
             raise ConfigError(
                 f"chestx-ray14-bbox.split must be test (the boxes are an evaluation set), got {split!r}"
             )
-        if image_labels not in ("auto", "data_entry", "boxes"):
-            raise ConfigError(
-                "chestx-ray14-bbox.image_labels must be auto, data_entry or boxes, "
-                f"got {image_labels!r}"
-            )
+        require_choice(
+            "chestx-ray14-bbox.image_labels", image_labels, ("auto", "data_entry", "boxes")
+        )
         self.name = "chestx-ray14-bbox"
         self.split = split
         self.findings = FINDINGS
@@ -120,30 +110,27 @@ class ChestXray14BBox(Dataset):
 
         ids = sorted(images)
         if split_file:
-            ids = self._select(ids, Path(split_file).expanduser())
+            ids = select_listed(
+                split_file,
+                set(ids),
+                self.problems,
+                lambda sid: f"id {sid!r} has no box in {self.bbox_file.name}; skipped",
+            )
         self._ids = ids
         self._images = images
-
-        if image_dir:
-            folder = Path(image_dir).expanduser()
-            folder = folder if folder.is_absolute() else self.root / folder
-            if not folder.is_dir():
-                raise DataError(
-                    f"chestx-ray14-bbox.image_dir not found: {folder}\nExpected layout:\n{LAYOUT}"
-                )
-            self._index = ImageIndex(folder, suffixes=(".png",))
-            self._default_folder = folder
-        else:
-            preferred = [self.root / "images", *sorted(self.root.glob("images_*/images"))]
-            self._index = ImageIndex(self.root, suffixes=(".png",), preferred=preferred)
-            self._default_folder = next((p for p in preferred if p.is_dir()), preferred[0])
+        self._index, self._default_folder = image_index(
+            self.root,
+            image_dir,
+            [self.root / "images", *sorted(self.root.glob("images_*/images"))],
+            option="chestx-ray14-bbox.image_dir",
+            layout=LAYOUT,
+            suffixes=(".png",),
+        )
 
     def _given(self, value: str | None, option: str) -> Path | None:
         if not value:
             return None
-        path = Path(value).expanduser()
-        path = path if path.is_absolute() else self.root / path
-        return require_file(path, f"chestx-ray14-bbox.{option}", LAYOUT)
+        return require_file(under_root(self.root, value), f"chestx-ray14-bbox.{option}", LAYOUT)
 
     # -- BBox_List_2017.csv -----------------------------------------------------------------------
     def _read_boxes(self, path: Path) -> dict[str, _Image]:
@@ -229,16 +216,10 @@ class ChestXray14BBox(Dataset):
 
     def _clip(self, box: list[float], where: str, line: int, sid: str) -> list[float] | None:
         h, w = IMAGE_SIZE
-        x1, y1, x2, y2 = box
-        clipped = [
-            min(max(x1, 0.0), w),
-            min(max(y1, 0.0), h),
-            min(max(x2, 0.0), w),
-            min(max(y2, 0.0), h),
-        ]
-        if clipped == box:
+        clipped, fate = clip_box(box, IMAGE_SIZE)
+        if fate == "inside":
             return box
-        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        if fate == "outside":
             self.problems.append(
                 Problem(
                     where,
@@ -314,13 +295,6 @@ class ChestXray14BBox(Dataset):
                         )
                     )
 
-    def _select(self, ids: list[str], split_file: Path) -> list[str]:
-        keep, problems = read_id_list(split_file).select(
-            set(ids), lambda sid: f"id {sid!r} has no box in {self.bbox_file.name}; skipped"
-        )
-        self.problems += problems
-        return sorted(keep)
-
     # -- samples ----------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._ids)
@@ -345,18 +319,9 @@ class ChestXray14BBox(Dataset):
         }
         return Sample(self.name, sid, None, labels=labels, regions=regions, meta=meta)
 
-    def load_image(self, sample: Sample) -> np.ndarray:
-        return read_image(sample.meta["path"], dataset=self.name)
-
     def __getitem__(self, index: int) -> Sample:
-        sample = self.annotation(index)
-        sample.image = self.load_image(sample)
-        if sample.image.shape != IMAGE_SIZE:
-            # A resized copy of the PNGs: the boxes stay on the 1024 grid, the regions follow.
-            sample.regions = {f: r.resized(sample.image.shape) for f, r in sample.regions.items()}
-            sample.meta["label_size"] = IMAGE_SIZE
-            sample.meta["size"] = tuple(sample.image.shape)
-        return sample
+        # A resized copy of the PNGs: the boxes stay on the 1024 grid, the regions follow.
+        return fit_regions_to_image(super().__getitem__(index))
 
 
 def _entry_meta(row: list[str], col: dict[str, int]) -> dict[str, Any]:

@@ -31,10 +31,12 @@ from xbench_core import (
     Sample,
     canonical,
     coco_rle_area,
+    fit_regions_to_image,
     open_text,
-    read_id_list,
-    read_image,
+    require_choice,
     require_file,
+    select_listed,
+    under_root,
 )
 
 from . import IMAGE_ONLY, LOCALIZED
@@ -100,12 +102,8 @@ class CheXlocalize(Dataset):
         image_dir: str | None = None,
         frontal_only: bool = False,
     ) -> None:
-        if split not in ("val", "test"):
-            raise ConfigError(f"chexlocalize.split must be val or test, got {split!r}")
-        if regions not in ("segmentations", "polygons"):
-            raise ConfigError(
-                f"chexlocalize.regions must be segmentations or polygons, got {regions!r}"
-            )
+        require_choice("chexlocalize.split", split, ("val", "test"))
+        require_choice("chexlocalize.regions", regions, ("segmentations", "polygons"))
         self.name = "chexlocalize"
         self.split = split
         self.findings = FINDINGS
@@ -132,19 +130,24 @@ class CheXlocalize(Dataset):
         if frontal_only:
             ids = [i for i in ids if cxrs[i].meta.get("view") == "frontal"]
         if split_file:
-            ids = self._select(ids, Path(split_file).expanduser(), set(cxrs))
+            listed = set(
+                select_listed(
+                    split_file,
+                    set(cxrs),
+                    self.problems,
+                    lambda cid: f"id {cid!r} is not in {self.labels_csv.name}; skipped",
+                    normalize=lambda v: cxr_id(v) or v.strip(),
+                )
+            )
+            ids = [cid for cid in ids if cid in listed]
         self._ids = ids
         self._cxrs = cxrs
         self.image_dir = self._image_dir(image_dir)
 
     # -- files ------------------------------------------------------------------------------------
-    def _resolve(self, value: str) -> Path:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.root / path
-
     def _find(self, given: str | None, candidates: tuple[str, ...], what: str) -> Path:
         if given:
-            return require_file(self._resolve(given), what, LAYOUT)
+            return require_file(under_root(self.root, given), what, LAYOUT)
         for name in candidates:
             if (self.root / name).is_file():
                 return self.root / name
@@ -152,13 +155,13 @@ class CheXlocalize(Dataset):
 
     def _gt_folder(self, given: str | None) -> Path:
         if given:
-            return require_file(self._resolve(given), "chexlocalize.gt_dir", LAYOUT)
+            return require_file(under_root(self.root, given), "chexlocalize.gt_dir", LAYOUT)
         nested = self.root / "CheXlocalize"
         return nested if nested.is_dir() else self.root
 
     def _image_dir(self, given: str | None) -> Path:
         if given:
-            return require_file(self._resolve(given), "chexlocalize.image_dir", LAYOUT)
+            return require_file(under_root(self.root, given), "chexlocalize.image_dir", LAYOUT)
         for name in IMAGE_DIRS[self.split]:
             if (self.root / name).is_dir():
                 return self.root / name
@@ -457,15 +460,6 @@ class CheXlocalize(Dataset):
                         )
                     )
 
-    def _select(self, ids: list[str], split_file: Path, known: set[str]) -> list[str]:
-        listed = read_id_list(split_file, lambda v: cxr_id(v) or v.strip())
-        keep, problems = listed.select(
-            known, lambda cid: f"id {cid!r} is not in {self.labels_csv.name}; skipped"
-        )
-        self.problems += problems
-        chosen = set(keep)
-        return [cid for cid in ids if cid in chosen]
-
     # -- samples ----------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._ids)
@@ -481,16 +475,6 @@ class CheXlocalize(Dataset):
             self.name, cid, None, labels=dict(cxr.labels), regions=dict(cxr.regions), meta=meta
         )
 
-    def load_image(self, sample: Sample) -> np.ndarray:
-        return read_image(sample.meta["path"], dataset=self.name)
-
     def __getitem__(self, index: int) -> Sample:
-        sample = self.annotation(index)
-        sample.image = self.load_image(sample)
-        shape = tuple(sample.image.shape)
-        if "size" in sample.meta and shape != tuple(sample.meta["size"]):
-            # e.g. the 320-px CheXpert-v1.0-small copies: masks and contours follow the image.
-            sample.regions = {f: r.resized(shape) for f, r in sample.regions.items()}
-            sample.meta["label_size"] = sample.meta["size"]
-            sample.meta["size"] = shape
-        return sample
+        # e.g. the 320-px CheXpert-v1.0-small copies: masks and contours follow the image.
+        return fit_regions_to_image(super().__getitem__(index))

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from xbench_core import DataError, Dataset, Problem, Region, Sample, read_id_list, read_image
+from xbench_core import DataError, Dataset, Problem, Region, Sample, read_image, select_listed
 
 LAYOUT = """\
   covid_rural_annot/                          (from github.com/haimingt/opacity_segmentation_covid_chest_X_ray)
@@ -104,7 +104,12 @@ class CovidRural(Dataset):
             raise DataError(f"no LabelMe .json files in {json_dir}\nExpected layout:\n{LAYOUT}")
         ids = sorted(entries)
         if split_file:
-            ids = self._apply_split_file(split_file, entries)
+            ids = select_listed(
+                split_file,
+                entries,
+                self.problems,
+                lambda stem: f"image id {stem!r} has no annotation in {json_dir}; left out",
+            )
         self._entries = [entries[i] for i in ids]
 
     # ------------------------------------------------------------------ layout and parsing
@@ -219,14 +224,6 @@ class CovidRural(Dataset):
                 f"y {ys.min():.1f}..{ys.max():.1f}); the part outside is clipped",
                 stem,
             )
-
-    def _apply_split_file(self, split_file: str, entries: dict[str, _Entry]) -> list[str]:
-        kept, problems = read_id_list(split_file).select(
-            entries,
-            lambda stem: f"image id {stem!r} has no annotation in {self.json_dir}; left out",
-        )
-        self.problems += problems
-        return sorted(kept)
 
     # ------------------------------------------------------------------ samples
     def __len__(self) -> int:

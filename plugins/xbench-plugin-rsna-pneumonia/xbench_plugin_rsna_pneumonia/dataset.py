@@ -20,10 +20,9 @@ import numpy as np
 from xbench_core import (
     ConfigError,
     DataError,
-    Dataset,
     ImageIndex,
     ImageReadError,
-    Problem,
+    LabelTableDataset,
     Region,
     Sample,
     dicom_header,
@@ -32,7 +31,6 @@ from xbench_core import (
     read_id_list,
     split_image_name,
 )
-from xbench_core import read_image as core_read_image
 
 from .labels import SIZE, Headers, parse_class_info, parse_headers, parse_labels
 
@@ -69,16 +67,6 @@ optional: stage_2_detailed_class_info.csv, stage_2_train_images_dicom_headers.cs
 (the label file may also be given with label_file=, e.g. a .csv.zip)"""
 
 
-def _given_path(value: str | os.PathLike | None, root: Path) -> Path | None:
-    """A user-given path: as given when it exists, else relative to the dataset root."""
-    if value is None or str(value) == "":
-        return None
-    path = Path(value).expanduser()
-    if not path.exists() and not path.is_absolute() and (root / path).exists():
-        return root / path
-    return path
-
-
 def _holds_images(folder: Path, look: int = 100) -> bool:
     """Whether a folder holds image files itself (flat) rather than only subfolders (nested)."""
     try:
@@ -93,7 +81,7 @@ def _holds_images(folder: Path, look: int = 100) -> bool:
     return False
 
 
-class RSNAPneumonia(Dataset):
+class RSNAPneumonia(LabelTableDataset):
     """RSNA Pneumonia: one sample per patientId; finding `pneumonia` with the union of its boxes.
 
     Boxes are in the 1024x1024 pixel frame of the DICOMs, so every region has size (1024, 1024).
@@ -116,28 +104,8 @@ class RSNAPneumonia(Dataset):
         views: list[str] | None = None,
         check_images: bool = False,
     ) -> None:
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise DataError(
-                f"rsna-pneumonia: root {self.root} is not a folder. Expected layout:\n{LAYOUT}"
-            )
-        if split not in SPLITS:
-            raise ConfigError(
-                f"rsna-pneumonia: split must be one of {', '.join(SPLITS)}; got {split!r}"
-            )
-        self.split = split
-        self.problems: list[Problem] = []
-
-        label_path = _given_path(label_file, self.root) or find_file(self.root, LABEL_NAMES)
-        if label_path is None or not label_path.is_file():
-            what = (
-                f"label_file {label_path}"
-                if label_file
-                else f"a label file ({', '.join(LABEL_NAMES)})"
-            )
-            raise DataError(
-                f"rsna-pneumonia: {what} not found in {self.root}. Expected layout:\n{LAYOUT}"
-            )
+        super().__init__(root, split, SPLITS, LAYOUT)
+        label_path = self._find_label_file(label_file, LABEL_NAMES, LAYOUT)
         self.label_file = str(label_path)
         labels = parse_labels(label_path)
         self.problems += labels.problems
@@ -147,7 +115,7 @@ class RSNAPneumonia(Dataset):
         self._boxes = labels.boxes
 
         self._headers: Headers | None = None
-        headers_path = _given_path(headers_file, self.root)
+        headers_path = self._given(headers_file)
         if headers_path is not None and not headers_path.is_file():
             raise DataError(f"rsna-pneumonia: headers_file {headers_path} not found")
         headers_path = headers_path or find_file(label_path.parent, HEADER_NAMES, max_subdirs=0)
@@ -178,7 +146,7 @@ class RSNAPneumonia(Dataset):
                 "Sample_Zero-Shot_Grounding_RSNA/data_sample/test.csv"
             )
         if split_file is not None:
-            path = _given_path(split_file, self.root)
+            path = self._given(split_file)
             assert path is not None
             listed = read_id_list(path, id_columns=ID_COLUMNS, path_columns=PATH_COLUMNS)
             chosen, problems = listed.select(
@@ -200,9 +168,7 @@ class RSNAPneumonia(Dataset):
         self._rows = rows
 
         # Images: a flat Kaggle folder next to the labels, else any file below images_dir/root.
-        self._images_root = _given_path(images_dir, self.root) or self.root
-        if images_dir is not None and not self._images_root.is_dir():
-            raise DataError(f"rsna-pneumonia: images_dir {self._images_root} is not a folder")
+        self._images_root = self._find_images_root(images_dir)
         self._flat: tuple[Path, str] | None = None
         for base in dict.fromkeys([self._images_root, label_path.parent, self.root]):
             for folder, suffix in FLAT_FOLDERS:
@@ -220,12 +186,6 @@ class RSNAPneumonia(Dataset):
             self._check_images()
 
     # -- annotations ---------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def ids(self) -> list[str]:
-        return self._ids[self._rows].tolist()
-
     def annotation(self, index: int) -> Sample:
         """The index-th image's labels, region and meta without opening the image."""
         j = int(self._rows[index])
@@ -253,32 +213,7 @@ class RSNAPneumonia(Dataset):
             meta["class"] = str(self._classes[j])
         return Sample(self.name, pid, None, {"pneumonia": label}, regions, meta)
 
-    # -- images --------------------------------------------------------------------------------
-    def __getitem__(self, index: int) -> Sample:
-        sample = self.annotation(index)
-        image = self.load_image(sample)
-        sample.image = image
-        if tuple(image.shape) != SIZE:
-            # A resized conversion (PNG/JPEG): the boxes are in 1024x1024 DICOM pixels, so they are
-            # scaled to the decoded image, whose size every region must have.
-            sample.regions = {f: r.resized(image.shape) for f, r in sample.regions.items()}
-            sample.meta["label_size"] = SIZE
-            sample.meta["size"] = tuple(image.shape)
-        if "view" not in sample.meta and str(sample.meta["path"]).lower().endswith(".dcm"):
-            try:
-                header = dicom_header(sample.meta["path"]).meta()
-            except ImageReadError:  # the pixels were read: header meta is a bonus
-                header = {}
-            for key, value in header.items():
-                sample.meta.setdefault(key, value)
-        return sample
-
-    def load_image(self, sample: Sample) -> np.ndarray:
-        """Find the sample's image file (flat folder, then the stem index) and decode it."""
-        path = self._resolve(sample.id)
-        sample.meta["path"] = path
-        return core_read_image(path, dataset=self.name)
-
+    # -- images (found by `_resolve`: the flat folder, then the stem index) ---------------------
     def _expected_path(self, pid: str) -> str:
         if self._flat is not None:
             folder, suffix = self._flat
@@ -330,12 +265,3 @@ class RSNAPneumonia(Dataset):
                 if patient in known:
                     self._by_header.setdefault(patient, path)
         return self._by_header
-
-    def _check_images(self) -> None:
-        for pid in self.ids():
-            try:
-                self._resolve(pid)
-            except ImageReadError:
-                self.problems.append(
-                    Problem(self._expected_path(pid), "image file missing", sample=pid)
-                )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xbench_core import DataError, Problem, open_text, split_image_name
+from xbench_core import DataError, Problem, clip_box, group_label_rows, open_text, split_image_name
 
 SIZE = (1024, 1024)  # (H, W) of every RSNA DICOM; the boxes are in this frame
 _TARGETS = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
@@ -132,27 +132,21 @@ def parse_labels(path: Path) -> Labels:
                 )
                 continue
             x, y, w, h = box
-            corners = (x, y, x + w, y + h)
-            clipped = (
-                min(max(corners[0], 0.0), width),
-                min(max(corners[1], 0.0), height),
-                min(max(corners[2], 0.0), width),
-                min(max(corners[3], 0.0), height),
-            )
+            clipped, fate = clip_box((x, y, x + w, y + h), SIZE)
             row_ids.append(pid)
             row_targets.append(1)
-            if clipped != corners:
-                if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                    problems.append(
-                        Problem(
-                            where,
-                            f"box x={x:g} y={y:g} w={w:g} h={h:g} lies outside the "
-                            f"{width}x{height} image; box dropped (the image stays positive)",
-                            line=line,
-                            sample=pid,
-                        )
+            if fate == "outside":
+                problems.append(
+                    Problem(
+                        where,
+                        f"box x={x:g} y={y:g} w={w:g} h={h:g} lies outside the "
+                        f"{width}x{height} image; box dropped (the image stays positive)",
+                        line=line,
+                        sample=pid,
                     )
-                    continue
+                )
+                continue
+            if fate == "clipped":
                 problems.append(
                     Problem(
                         where,
@@ -167,24 +161,17 @@ def parse_labels(path: Path) -> Labels:
     if not row_ids:
         shown = "; ".join(str(p) for p in problems[:3])
         raise DataError(f"no parseable row in {where} ({rows} rows read). {shown}")
-    ids, inverse = np.unique(np.asarray(row_ids), return_inverse=True)
-    row_t = np.asarray(row_targets, dtype=np.int8)
-    targets = np.zeros(len(ids), dtype=np.int8)
-    np.maximum.at(targets, inverse, row_t)
-    has_negative = np.zeros(len(ids), dtype=bool)
-    has_negative[inverse[row_t == 0]] = True
-    for k in np.flatnonzero(has_negative & (targets == 1)):
+    grouped = group_label_rows(row_ids, row_targets, box_rows)
+    for k in grouped.mixed:
         problems.append(
             Problem(
-                where, "both Target 0 and Target 1 rows; treated as positive", sample=str(ids[k])
+                where,
+                "both Target 0 and Target 1 rows; treated as positive",
+                sample=str(grouped.ids[k]),
             )
         )
-    owner = inverse[np.asarray(box_rows, dtype=np.int64)] if box_rows else np.zeros(0, np.int64)
-    order = np.argsort(owner, kind="stable")
-    boxes = np.asarray(box_values, dtype=np.float64).reshape(-1, 4)[order]
-    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(owner, minlength=len(ids)), out=offsets[1:])
-    return Labels(ids, targets, offsets, boxes, rows, problems)
+    boxes = np.asarray(box_values, dtype=np.float64).reshape(-1, 4)[grouped.order]
+    return Labels(grouped.ids, grouped.targets, grouped.offsets, boxes, rows, problems)
 
 
 @dataclass

@@ -20,17 +20,13 @@ import numpy as np
 from xbench_core import (
     ConfigError,
     DataError,
-    Dataset,
     ImageIndex,
     ImageReadError,
-    Problem,
+    LabelTableDataset,
     Region,
     Sample,
-    dicom_header,
-    find_file,
-    read_id_list,
+    select_listed,
 )
-from xbench_core import read_image as core_read_image
 
 from .labels import SIZE, parse_labels
 
@@ -60,16 +56,6 @@ one subfolder, e.g. siim/, or be given with label_file=)"""
 _SOP = re.compile(r"^(1\.2\.276\.0\.7230010\.3\.1)\.4\.(.+)\.(\d+)$")
 
 
-def _given_path(value: str | os.PathLike | None, root: Path) -> Path | None:
-    """A user-given path: as given when it exists, else relative to the dataset root."""
-    if value is None or str(value) == "":
-        return None
-    path = Path(value).expanduser()
-    if not path.exists() and not path.is_absolute() and (root / path).exists():
-        return root / path
-    return path
-
-
 def nested_guess(image_id: str) -> str | None:
     """`<Study>/<Series>/<SOP>.dcm` for an MD.ai SOP UID, or None if it does not follow the pattern."""
     match = _SOP.match(image_id)
@@ -80,7 +66,7 @@ def nested_guess(image_id: str) -> str | None:
     return f"{head}.2.{middle}.{n - 1}/{head}.3.{middle}.{n - 2}/{image_id}.dcm"
 
 
-class SIIMPneumothorax(Dataset):
+class SIIMPneumothorax(LabelTableDataset):
     """SIIM-ACR: one sample per ImageId; finding `pneumothorax`, region the OR of its RLE rows.
 
     RLEs index the 1024x1024 DICOM, so every region has size (1024, 1024). `meta["path"]` from
@@ -102,28 +88,8 @@ class SIIMPneumothorax(Dataset):
         rle_encoding: str = "auto",
         check_images: bool = False,
     ) -> None:
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise DataError(
-                f"siim-pneumothorax: root {self.root} is not a folder. Expected layout:\n{LAYOUT}"
-            )
-        if split not in SPLITS:
-            raise ConfigError(
-                f"siim-pneumothorax: split must be one of {', '.join(SPLITS)}; got {split!r}"
-            )
-        self.split = split
-        self.problems: list[Problem] = []
-
-        label_path = _given_path(label_file, self.root) or find_file(self.root, LABEL_NAMES)
-        if label_path is None or not label_path.is_file():
-            what = (
-                f"label_file {label_path}"
-                if label_file
-                else f"a label file ({', '.join(LABEL_NAMES)})"
-            )
-            raise DataError(
-                f"siim-pneumothorax: {what} not found in {self.root}. Expected layout:\n{LAYOUT}"
-            )
+        super().__init__(root, split, SPLITS, LAYOUT)
+        label_path = self._find_label_file(label_file, LABEL_NAMES, LAYOUT)
         self.label_file = str(label_path)
         labels = parse_labels(label_path, rle_encoding)
         self.problems += labels.problems
@@ -142,14 +108,17 @@ class SIIMPneumothorax(Dataset):
                 "ImageId column or a list of ImageIds)"
             )
         if split_file is not None:
-            path = _given_path(split_file, self.root)
+            path = self._given(split_file)
             assert path is not None
-            chosen, problems = read_id_list(path, id_columns=ID_COLUMNS).select(
-                set(self._ids.tolist()), lambda iid: f"id {iid!r} is not in the label file; skipped"
-            )
             self.split_file = str(path)
-            self.problems += problems
-            rows = np.searchsorted(self._ids, np.asarray(sorted(chosen), dtype=self._ids.dtype))
+            chosen = select_listed(
+                path,
+                set(self._ids.tolist()),
+                self.problems,
+                lambda iid: f"id {iid!r} is not in the label file; skipped",
+                id_columns=ID_COLUMNS,
+            )
+            rows = np.searchsorted(self._ids, np.asarray(chosen, dtype=self._ids.dtype))
             if len(rows) == 0:
                 raise DataError(
                     f"siim-pneumothorax: no image of split_file {path} is in {label_path}; is it a "
@@ -157,9 +126,7 @@ class SIIMPneumothorax(Dataset):
                 )
         self._rows = rows
 
-        self._images_root = _given_path(images_dir, self.root) or self.root
-        if images_dir is not None and not self._images_root.is_dir():
-            raise DataError(f"siim-pneumothorax: images_dir {self._images_root} is not a folder")
+        self._images_root = self._find_images_root(images_dir)
         bases = [self._images_root] if images_dir is not None else [label_path.parent, self.root]
         self._nested = [
             base / folder
@@ -174,12 +141,6 @@ class SIIMPneumothorax(Dataset):
             self._check_images()
 
     # -- annotations ---------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def ids(self) -> list[str]:
-        return self._ids[self._rows].tolist()
-
     def annotation(self, index: int) -> Sample:
         """The index-th image's label, region (its RLE rows) and meta without opening the image."""
         j = int(self._rows[index])
@@ -196,32 +157,7 @@ class SIIMPneumothorax(Dataset):
         }
         return Sample(self.name, image_id, None, {"pneumothorax": label}, regions, meta)
 
-    # -- images --------------------------------------------------------------------------------
-    def __getitem__(self, index: int) -> Sample:
-        sample = self.annotation(index)
-        image = self.load_image(sample)
-        sample.image = image
-        if tuple(image.shape) != SIZE:
-            # A resized conversion (PNG/JPEG): the RLEs are in 1024x1024 DICOM pixels, so the
-            # decoded masks are kept and resampled to the image frame (nearest) on rasterization.
-            sample.regions = {f: r.resized(image.shape) for f, r in sample.regions.items()}
-            sample.meta["label_size"] = SIZE
-            sample.meta["size"] = tuple(image.shape)
-        if str(sample.meta["path"]).lower().endswith(".dcm"):
-            try:
-                header = dicom_header(sample.meta["path"]).meta()
-            except ImageReadError:  # the pixels were read: header meta is a bonus
-                header = {}
-            for key, value in header.items():
-                sample.meta.setdefault(key, value)
-        return sample
-
-    def load_image(self, sample: Sample) -> np.ndarray:
-        """Find the sample's image file (nested guess, then the stem index) and decode it."""
-        path = self._resolve(sample.id)
-        sample.meta["path"] = path
-        return core_read_image(path, dataset=self.name)
-
+    # -- images (found by `_resolve`: the nested guess, then the stem index) -------------------
     def _guesses(self, image_id: str) -> list[Path]:
         tail = nested_guess(image_id)
         return [folder / tail for folder in self._nested] if tail else []
@@ -246,12 +182,3 @@ class SIIMPneumothorax(Dataset):
                 f"expected layout:\n{LAYOUT}"
             )
         return found
-
-    def _check_images(self) -> None:
-        for image_id in self.ids():
-            try:
-                self._resolve(image_id)
-            except ImageReadError:
-                self.problems.append(
-                    Problem(self._expected_path(image_id), "image file missing", sample=image_id)
-                )

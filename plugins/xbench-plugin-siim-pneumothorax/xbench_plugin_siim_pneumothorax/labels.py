@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xbench_core import DataError, Problem, open_text, split_image_name
+from xbench_core import DataError, Problem, group_label_rows, open_text, split_image_name
 
 from .rle import (
     absolute_to_relative,
@@ -150,22 +150,10 @@ def parse_labels(path: Path, encoding: str = "auto") -> Labels:
     if not keep.any():
         shown = "; ".join(str(p) for p in problems[:3])
         raise DataError(f"no parseable row in {where} ({rows} rows read). {shown}")
-    index = np.flatnonzero(keep)
-    ids, inverse_kept = np.unique(np.asarray(row_ids)[index], return_inverse=True)
-    inverse = np.full(len(row_ids), -1, dtype=np.int64)
-    inverse[index] = inverse_kept
-    positive = np.asarray(row_positive, dtype=np.int8)
-    targets = np.zeros(len(ids), dtype=np.int8)
-    np.maximum.at(targets, inverse_kept, positive[index])
-    has_negative = np.zeros(len(ids), dtype=bool)
-    has_negative[inverse[index[positive[index] == 0]]] = True
-    for k in np.flatnonzero(has_negative & (targets == 1)):
+    grouped = group_label_rows(row_ids, row_positive, kept_rows, keep)
+    for k in grouped.mixed:
         problems.append(
-            Problem(where, "both -1 and RLE rows; treated as positive", sample=str(ids[k]))
+            Problem(where, "both -1 and RLE rows; treated as positive", sample=str(grouped.ids[k]))
         )
-    owner = inverse[np.asarray(kept_rows, dtype=np.int64)] if kept_rows else np.zeros(0, np.int64)
-    order = np.argsort(owner, kind="stable")
-    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(owner, minlength=len(ids)), out=offsets[1:])
-    rles = [kept_texts[k] for k in order.tolist()]
-    return Labels(ids, targets, offsets, rles, chosen, rows, problems)
+    rles = [kept_texts[k] for k in grouped.order.tolist()]
+    return Labels(grouped.ids, grouped.targets, grouped.offsets, rles, chosen, rows, problems)

@@ -34,8 +34,8 @@ from xbench_core import (
     Sample,
     dicom_header,
     open_text,
-    read_id_list,
     read_image,
+    select_listed,
 )
 
 from .labels import (
@@ -134,7 +134,15 @@ class VinDrCXR(Dataset):
 
         ids = sorted(images)
         if split_file:
-            ids = self._apply_split_file(split_file, images)
+            ids = select_listed(
+                split_file,
+                images,
+                self.problems,
+                lambda image_id: (
+                    f"image id {image_id!r} is not in {self.annotation_path.name} "
+                    f"(split {self.split!r}); left out"
+                ),
+            )
         self._ids = ids
         self._images = [images[i] for i in ids]
         self._position = {image_id: k for k, image_id in enumerate(ids)}
@@ -396,17 +404,6 @@ class VinDrCXR(Dataset):
                     if finding != NO_FINDING:
                         entry.marks.setdefault(finding, set()).add(rad)
         return seen
-
-    def _apply_split_file(self, split_file: str, images: dict[str, _Image]) -> list[str]:
-        kept, problems = read_id_list(split_file).select(
-            images,
-            lambda image_id: (
-                f"image id {image_id!r} is not in {self.annotation_path.name} "
-                f"(split {self.split!r}); left out"
-            ),
-        )
-        self.problems += problems
-        return sorted(kept)
 
     def _read_size_table(self, base: Path, given: str | None) -> dict[str, tuple[int, int]]:
         """(H, W) per image from `size_file` or `<split>_meta.csv`: columns height/width,
