@@ -19,6 +19,7 @@ from xbench_core import (
     fit_regions_to_image,
     group_label_rows,
     image_index,
+    read_json,
     require_choice,
     select_listed,
     under_root,
@@ -61,6 +62,19 @@ def test_paths_and_image_index(tmp_path: Path) -> None:
     assert default == tmp_path / "other" and index.get("7") is not None
     with pytest.raises(DataError, match="d.image_dir not found: .*nope\nExpected layout:\nL"):
         image_index(tmp_path, "nope", preferred, option="d.image_dir", layout="L")
+
+
+def test_read_json(tmp_path: Path) -> None:
+    import gzip
+
+    with gzip.open(tmp_path / "a.json.gz", "wt") as fh:
+        fh.write('{"x": [1, 2]}')
+    assert read_json(tmp_path / "a.json.gz", "get it again") == {"x": [1, 2]}
+    (tmp_path / "b.json").write_text('{"x": [1, 2}')
+    with pytest.raises(
+        DataError, match=r"b.json: not valid JSON \(line 1, column 12: .*get it again$"
+    ):
+        read_json(tmp_path / "b.json", "get it again")
 
 
 def test_select_listed(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ _LAZY = {
     "equalize_histogram": "preprocessing", "equalize_histogram_uint8": "preprocessing",
     "squash_imagenet": "preprocessing",
     "PreNormDecoderLayer": "decoder",
-    "LabelTableDataset": "io.layout", "clip_box": "io.layout", "fit_regions_to_image": "io.layout", "group_label_rows": "io.layout", "image_index": "io.layout", "require_choice": "io.layout", "select_listed": "io.layout", "under_root": "io.layout",
+    "LabelTableDataset": "io.layout", "clip_box": "io.layout", "fit_regions_to_image": "io.layout", "group_label_rows": "io.layout", "image_index": "io.layout", "read_json": "io.layout", "require_choice": "io.layout", "select_listed": "io.layout", "under_root": "io.layout",
     "get_registry": "plugins", "inspect_dataset": "inspect",
 }
 

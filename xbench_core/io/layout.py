@@ -14,6 +14,8 @@ which live here so that a fix lands once:
 - `under_root`, `image_index`: a path the user gives relative to the dataset root, and the index
   of a dataset's images below a given folder or the root (chestx-det10, chestx-ray14-bbox,
   chexlocalize);
+- `read_json`: a JSON annotation file, invalid JSON reported with line and column (chestx-det10,
+  chexlocalize);
 - `select_listed`: the ids a split file keeps, its problems reported (chestx-det10,
   chestx-ray14-bbox, chexlocalize, covid-rural, vindr-cxr, siim-pneumothorax);
 - `group_label_rows` and `LabelTableDataset`: a label table with rows per annotation grouped per
@@ -25,6 +27,7 @@ Messages that name a plugin's files or options are passed in by the plugin.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -36,7 +39,7 @@ import numpy as np
 from ..dataset import Dataset, Problem
 from ..errors import ConfigError, DataError, ImageReadError
 from ..types import Sample
-from .files import IMAGE_SUFFIXES, ImageIndex, dicom_header, find_file, read_id_list
+from .files import IMAGE_SUFFIXES, ImageIndex, dicom_header, find_file, open_text, read_id_list
 from .images import read_image
 
 Size = tuple[int, int]
@@ -122,6 +125,21 @@ def image_index(
         return ImageIndex(folder, suffixes=suffixes), folder
     index = ImageIndex(root, suffixes=suffixes, preferred=preferred)
     return index, next((p for p in preferred if p.is_dir()), preferred[0])
+
+
+def read_json(path: Path, advice: str) -> Any:
+    """The content of a JSON file (plain, .gz or zipped: `open_text`).
+
+    Invalid JSON raises a DataError with the file, line and column, and `advice` (e.g. where to
+    download the file again).
+    """
+    try:
+        with open_text(path) as (stream, _):
+            return json.load(stream)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); {advice}"
+        ) from exc
 
 
 # -- split files ------------------------------------------------------------------------------

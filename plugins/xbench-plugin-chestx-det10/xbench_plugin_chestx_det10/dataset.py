@@ -11,7 +11,6 @@ that the core's half-open boxes cover exactly those pixels.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from xbench_core import (
     fit_regions_to_image,
     id_from_value,
     image_index,
-    open_text,
+    read_json,
     require_choice,
     require_file,
     select_listed,
@@ -134,14 +133,7 @@ class ChestXDet10(Dataset):
 
     @staticmethod
     def _read_json(path: Path) -> list[Any]:
-        try:
-            with open_text(path) as (fh, _):
-                data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                "re-download it from Deepwise-AILab/ChestX-Det10-Dataset"
-            ) from exc
+        data = read_json(path, "re-download it from Deepwise-AILab/ChestX-Det10-Dataset")
         if not isinstance(data, list):
             raise DataError(
                 f"{path}: expected a JSON list of {{file_name, syms, boxes}} entries, "

@@ -14,7 +14,6 @@ path with its first two `/` made `_`: `patient64541/study1/view1_frontal.jpg` ->
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from xbench_core import (
     coco_rle_area,
     fit_regions_to_image,
     open_text,
+    read_json,
     require_choice,
     require_file,
     select_listed,
@@ -169,14 +169,7 @@ class CheXlocalize(Dataset):
 
     @staticmethod
     def _load_json(path: Path) -> dict[str, Any]:
-        try:
-            with open_text(path) as (fh, _):
-                data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                "download it again from Stanford AIMI (CheXlocalize)"
-            ) from exc
+        data = read_json(path, "download it again from Stanford AIMI (CheXlocalize)")
         if not isinstance(data, dict):
             raise DataError(
                 f"{path}: expected an object keyed by CXR id, got {type(data).__name__}"
