@@ -60,6 +60,7 @@ _LAZY = {
     "squash_imagenet": "preprocessing",
     "PreNormDecoderLayer": "decoder",
     "LabelTableDataset": "io.layout", "clip_box": "io.layout", "fit_regions_to_image": "io.layout", "group_label_rows": "io.layout", "image_index": "io.layout", "read_json": "io.layout", "require_choice": "io.layout", "select_listed": "io.layout", "under_root": "io.layout",
+    "PreNormDecoder": "fusion", "init_normal_weights": "fusion", "MEDKLIP_ENTITIES": "fusion", "COVID19_ENTITY": "fusion", "MEDKLIP_FINDINGS": "fusion", "EntityQueries": "fusion", "EntityQueryModel": "fusion", "write_tiny_text_encoder": "fusion",
     "get_registry": "plugins", "inspect_dataset": "inspect",
 }
 

@@ -19,7 +19,6 @@ from xbench_plugin_mavl.entities import (
     ASPECTS_SHA256,
     DESCRIPTIONS_SHA256,
     ENTITIES,
-    FINDING_TO_ENTITY,
     placeholder_aspects,
     placeholder_descriptions,
     read_aspects,
@@ -27,7 +26,6 @@ from xbench_plugin_mavl.entities import (
 )
 
 from xbench_core import (
-    FINDINGS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     AssetError,
@@ -36,36 +34,20 @@ from xbench_core import (
     UnsupportedFinding,
     embed_texts,
     squash_imagenet,
+    write_tiny_text_encoder,
 )
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
-    generated_vocabulary,
     realdata,
     reference,
     save_official_checkpoint,
-    write_bert_folder,
 )
 
 # Words of the placeholder texts, so that the tiny vocabulary keeps them whole and the test
 # embeddings stay cheap.
 _WORDS = [*ENTITIES, *ASPECTS, "covid19", "changed", "seen", "chest", "x", "ray", "the", "of"]
 PNEUMONIA, EFFUSION = ENTITIES.index("pneumonia"), ENTITIES.index("effusion")
-
-
-def _tiny_bert(folder: Path, seed: int = 0) -> Path:
-    """A BERT with Bio_ClinicalBERT's hidden size (768, what disease_embedding_layer takes) but one
-    layer and a small generated vocabulary: cheap, local, never a download."""
-    return write_bert_folder(
-        folder,
-        vocab=generated_vocabulary(extra_words=_WORDS),
-        hidden_size=768,
-        num_hidden_layers=1,
-        num_attention_heads=12,
-        intermediate_size=64,
-        weights=True,
-        seed=seed,
-    )
 
 
 def _write_files(folder: Path, *, covid: bool = True) -> tuple[Path, Path]:
@@ -96,7 +78,7 @@ def home(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+    return write_tiny_text_encoder(tmp_path_factory.mktemp("tiny-bert"), _WORDS)
 
 
 @pytest.fixture(scope="module")
@@ -239,20 +221,6 @@ class TestMAVL(ModelPluginTests):
             assert not model.supports(finding)
         with pytest.raises(UnsupportedFinding, match="tuberculosis"):
             model.encode_queries(["pneumonia", "tuberculosis"])
-
-
-def test_findings_table() -> None:
-    canonical = {f.id for f in FINDINGS}
-    assert set(FINDING_TO_ENTITY) <= canonical
-    assert set(FINDING_TO_ENTITY.values()) <= {*ENTITIES, "covid19"}
-    assert FINDING_TO_ENTITY["infiltration"] == "infiltrate"
-    assert FINDING_TO_ENTITY["pleural_thickening"] == "thicken"
-    assert FINDING_TO_ENTITY["fibrosis"] == "tail_abnorm_obs"
-    assert FINDING_TO_ENTITY["enlarged_cardiomediastinum"] == "enlarge"
-    assert FINDING_TO_ENTITY["lung_opacity"] == "opacity"
-    assert FINDING_TO_ENTITY["pleural_effusion"] == "effusion"
-    assert FINDING_TO_ENTITY["covid19"] == "covid19"
-    assert len(ENTITIES) == 75 and PNEUMONIA == 20
 
 
 # ---- checkpoints ----------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""MAVL's 75 entities, their descriptions and visual aspects, and the table from XBench findings to
-entities.
+"""MAVL's entity descriptions and visual aspects: the official files, their parsers and
+placeholders.
 
-The entity list and order are `original_class` of the official Zero-shot_grounding/test.py (the
-MedKLIP list). Each entity has 9 concepts: its description (MAVL's 'observation explanation.json',
-read by name: `[json_book[i] for i in original_class]`) and 8 GPT-4 visual aspects
+The entities are `original_class` of the official Zero-shot_grounding/test.py, MedKLIP's list
+(`xbench_core.MEDKLIP_ENTITIES`; the table from XBench findings to them: `MEDKLIP_FINDINGS`),
+plus covid19 when both files have it, as the official COVID configs append it. Each entity has 9
+concepts: its description (MAVL's 'observation explanation.json', read by name:
+`[json_book[i] for i in original_class]`) and 8 GPT-4 visual aspects
 (Pretrain/concept_gen/gpt4_mimic.json, read by name: `{i: concepts[i] for i in original_class}`),
 in the order border, fluid, location, opacity, other, patterns, shape, texture.
 """
@@ -13,24 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from xbench_core import DataError
-
-ENTITIES: tuple[str, ...] = (
-    "normal", "clear", "sharp", "sharply", "unremarkable", "intact", "stable", "free",
-    "effusion", "opacity", "pneumothorax", "edema", "atelectasis", "tube", "consolidation",
-    "process", "abnormality", "enlarge", "tip", "low", "pneumonia", "line", "congestion",
-    "catheter", "cardiomegaly", "fracture", "air", "tortuous", "lead", "disease", "calcification",
-    "prominence", "device", "engorgement", "picc", "clip", "elevation", "expand", "nodule", "wire",
-    "fluid", "degenerative", "pacemaker", "thicken", "marking", "scar", "hyperinflate", "blunt",
-    "loss", "widen", "collapse", "density", "emphysema", "aerate", "mass", "crowd", "infiltrate",
-    "obscure", "deformity", "hernia", "drainage", "distention", "shift", "stent", "pressure",
-    "lesion", "finding", "borderline", "hardware", "dilation", "chf", "redistribution",
-    "aspiration", "tail_abnorm_obs", "excluded_obs",
-)  # fmt: skip
-
-# Appended as a 76th entity by the official code for COVID data (Zero-shot_grounding/test.py:
-# `original_class.append('covid19')` when dataset is covid-r); both released files have it.
-EXTRA_ENTITY = "covid19"
+from xbench_core import COVID19_ENTITY, DataError
+from xbench_core import MEDKLIP_ENTITIES as ENTITIES
 
 ASPECTS: tuple[str, ...] = (
     "border", "fluid", "location", "opacity", "other", "patterns", "shape", "texture",
@@ -39,45 +25,6 @@ CONCEPTS: tuple[str, ...] = ("description", *ASPECTS)
 # The concepts the official grounding averages: ws.view(B, n_disease, 9, -1)[:, :, [0, 6, 7, 8]]
 MAP_CONCEPTS: tuple[int, ...] = (0, 6, 7, 8)
 _ASPECT_SPELLINGS = {"other": ("other", "others")}  # three entries of gpt4_mimic.json say "others"
-
-# XBench finding id -> MAVL entity: the same table as MedKLIP's (same entities). Official mappings:
-# ChestX-ray14 and CheXpert in MAVL's Zero-shot_classification/test.py (`chexray14_cls`: fibrosis
-# -> tail_abnorm_obs, pleural thickening -> thicken, infiltration -> infiltrate; `chexpert_cls`: no
-# finding -> normal, enlarged cardiomediastinum -> enlarge, lung opacity -> opacity, lung lesion ->
-# lesion, pleural other -> abnormality, support devices -> device), covid19 in its COVID configs.
-# The rows marked "XBench" have no official mapping (README, "Findings").
-FINDING_TO_ENTITY: dict[str, str] = {
-    "atelectasis": "atelectasis",
-    "calcification": "calcification",
-    "cardiomegaly": "cardiomegaly",
-    "clavicle_fracture": "fracture",  # XBench: the only fracture entity
-    "consolidation": "consolidation",
-    "covid19": "covid19",  # when both files have the entry (the released ones do)
-    "diffuse_nodule": "nodule",  # XBench
-    "edema": "edema",
-    "emphysema": "emphysema",
-    "enlarged_cardiomediastinum": "enlarge",
-    "fibrosis": "tail_abnorm_obs",
-    "fracture": "fracture",
-    "ground_glass_opacity": "opacity",  # XBench
-    "hernia": "hernia",
-    "infiltration": "infiltrate",
-    "lung_lesion": "lesion",
-    "lung_opacity": "opacity",
-    "lung_tumor": "mass",  # XBench: "a lung mass ... can also view as lung cancer"
-    "mass": "mass",
-    "mediastinal_shift": "shift",  # XBench: "The mediastinal shift is ..."
-    "no_finding": "normal",
-    "nodule": "nodule",
-    "nodule_mass": "lesion",  # XBench: "Lung nodules, ... lesions these terms all describe ..."
-    "pleural_effusion": "effusion",
-    "pleural_other": "abnormality",
-    "pleural_thickening": "thicken",
-    "pneumonia": "pneumonia",
-    "pneumothorax": "pneumothorax",
-    "rib_fracture": "fracture",  # XBench: "fracture is a break in a rib bone"
-    "support_devices": "device",
-}
 
 # The official files, pinned to the commit read for this plugin (1597030, 2024-07-02).
 _RAW = "https://raw.githubusercontent.com/HieuPhan33/MAVL/15970307d6a82b054f1c2da91bb6672346a40cb0/"
@@ -88,7 +35,7 @@ ASPECTS_URL = _RAW + "Pretrain/concept_gen/gpt4_mimic.json"
 ASPECTS_SHA256 = "f03b7f86839f8023e10789baa7d297356795844038fadfde55ddbfc30a6cf482"
 ASPECTS_FILENAME = "gpt4_mimic.json"
 
-_NAMES = (*ENTITIES, EXTRA_ENTITY)
+_NAMES = (*ENTITIES, COVID19_ENTITY)  # both released files have covid19
 
 
 def placeholder_descriptions() -> dict[str, str]:

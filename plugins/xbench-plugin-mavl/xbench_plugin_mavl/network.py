@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .decoder import Decoder
+from xbench_core import PreNormDecoder
 
 D_MODEL = 256
 LAYERS = 4
@@ -88,7 +88,10 @@ class MAVLNetwork(nn.Module):
         self.res_l2 = nn.Conv2d(RES_DIM, D_MODEL, kernel_size=1)
         # training-only location loss; kept for the strict load
         self.location_emb = nn.Conv1d(D_MODEL, TEXT_DIM, kernel_size=CONCEPTS, stride=CONCEPTS)
-        self.decoder = Decoder(D_MODEL, HEADS, FEEDFORWARD, LAYERS, dropout=0.1)
+        # MAVL creates norm1 and self_attn after linear2 (inside `if self_attention:`)
+        self.decoder = PreNormDecoder(
+            D_MODEL, HEADS, FEEDFORWARD, LAYERS, dropout=0.1, self_attn_late=True
+        )
         self.dropout_feas = nn.Dropout2d(0.1)  # no parameters; see forward
         self.classifier = nn.Linear(D_MODEL * CONCEPTS, 2)
         self.register_buffer("concept_book", torch.zeros(0, TEXT_DIM), persistent=False)

@@ -18,13 +18,11 @@ from xbench_plugin_medklip import model as model_module
 from xbench_plugin_medklip.entities import (
     DESCRIPTIONS_SHA256,
     ENTITIES,
-    FINDING_TO_ENTITY,
     placeholder_descriptions,
     read_descriptions,
 )
 
 from xbench_core import (
-    FINDINGS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     AssetError,
@@ -32,35 +30,19 @@ from xbench_core import (
     DataError,
     UnsupportedFinding,
     squash_imagenet,
+    write_tiny_text_encoder,
 )
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
-    generated_vocabulary,
     realdata,
     reference,
     save_official_checkpoint,
-    write_bert_folder,
 )
 
 # Words of the placeholder and synthetic texts, so that the tiny vocabulary keeps them whole and
 # the test embeddings stay cheap.
 _WORDS = [*ENTITIES, "text", "of", "covid19", "changed", "seen", "chest", "x", "ray"]
-
-
-def _tiny_bert(folder: Path, seed: int = 0) -> Path:
-    """A BERT with Bio_ClinicalBERT's hidden size (768, what disease_embedding_layer takes) but one
-    layer and a small generated vocabulary: cheap, local, never a download."""
-    return write_bert_folder(
-        folder,
-        vocab=generated_vocabulary(extra_words=_WORDS),
-        hidden_size=768,
-        num_hidden_layers=1,
-        num_attention_heads=12,
-        intermediate_size=64,
-        weights=True,
-        seed=seed,
-    )
 
 
 def _write_descriptions(path: Path, *, changed: str | None = None, covid: bool = False) -> Path:
@@ -91,7 +73,7 @@ def home(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+    return write_tiny_text_encoder(tmp_path_factory.mktemp("tiny-bert"), _WORDS)
 
 
 @pytest.fixture(scope="module")
@@ -210,24 +192,6 @@ class TestMedKLIP(ModelPluginTests):
             assert not model.supports(finding)
         with pytest.raises(UnsupportedFinding, match="covid19"):
             model.encode_queries(["pneumonia", "covid19"])
-
-
-def test_findings_table() -> None:
-    canonical = {f.id for f in FINDINGS}
-    assert set(FINDING_TO_ENTITY) <= canonical
-    assert set(FINDING_TO_ENTITY.values()) <= set(ENTITIES)
-    # the official ChestX-ray14 and CheXpert mappings
-    assert FINDING_TO_ENTITY["infiltration"] == "infiltrate"
-    assert FINDING_TO_ENTITY["pleural_thickening"] == "thicken"
-    assert FINDING_TO_ENTITY["fibrosis"] == "tail_abnorm_obs"
-    assert FINDING_TO_ENTITY["enlarged_cardiomediastinum"] == "enlarge"
-    assert FINDING_TO_ENTITY["lung_opacity"] == "opacity"
-    assert FINDING_TO_ENTITY["pleural_effusion"] == "effusion"
-    assert FINDING_TO_ENTITY["pleural_other"] == "abnormality"
-    assert FINDING_TO_ENTITY["support_devices"] == "device"
-    assert FINDING_TO_ENTITY["nodule"] == "nodule" and FINDING_TO_ENTITY["mass"] == "mass"
-    assert "covid19" not in FINDING_TO_ENTITY and "tuberculosis" not in FINDING_TO_ENTITY
-    assert len(ENTITIES) == 75 and ENTITIES.index("pneumonia") == 20
 
 
 # ---- checkpoints ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .decoder import Decoder
+from xbench_core import PreNormDecoder
 
 D_MODEL = 256
 LAYERS = 4
@@ -37,7 +37,7 @@ class MedKLIPNetwork(nn.Module):
         self.res_features = nn.Sequential(*list(resnet.children())[:-3])
         self.res_l1 = nn.Linear(RES_DIM, RES_DIM)
         self.res_l2 = nn.Linear(RES_DIM, D_MODEL)
-        self.decoder = Decoder(D_MODEL, HEADS, FEEDFORWARD, LAYERS, dropout=0.1)
+        self.decoder = PreNormDecoder(D_MODEL, HEADS, FEEDFORWARD, LAYERS, dropout=0.1)
         self.dropout_feas = nn.Dropout(0.1)
         self.classifier = nn.Linear(D_MODEL, 2)
         self.register_buffer("entity_book", torch.zeros(0, TEXT_DIM), persistent=False)
