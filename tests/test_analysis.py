@@ -408,3 +408,34 @@ def _curves(results: dict, row: dict) -> list[list[float]]:
         s = r["stats"]
         out.append([2 * hr / (ha + s["region_px"]) for ha, hr in zip(s["hits_all"], s["hits_region"])])
     return out
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 300, 3001])
+def test_resample_counts_drawn_in_blocks_equal_one_draw(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bs, "BLOCK_ELEMENTS", 1000)  # many blocks of resamples
+    got = bs.resample_counts(n, bs.generator(3, "a", "b"), 200)
+    want = bs.counts(bs.resample_indices(n, bs.generator(3, "a", "b"), 200), n)
+    assert got.shape == (200, n) and np.array_equal(got, want)
+    assert got.dtype.itemsize <= 2  # compact: a count is at most n
+
+
+def test_resamples_computed_in_blocks_equal_the_whole_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = FindingData.synthetic(seed=4, n=300, m=120)
+    labels = d.labels.copy()
+    scores = np.round(d.scores, 2)  # ties between positives and negatives
+    w_grd = bs.resample_counts(d.n_regions, bs.generator(0, "g"), 300)
+    w_cls = bs.resample_counts(len(labels), bs.generator(0, "c"), 300)
+    folds = bs.assign_folds(d.n_regions, 5, bs.generator(0, "f"))
+
+    def compute() -> dict[str, np.ndarray]:
+        out = bs.grounding_resamples(d.dice_curve(), d.iou_curve(), d.pointing_game, d.ebpg, w_grd,
+                                     fixed_index=50, folds=folds, val_index=30)
+        return {**out, **bs.classification_resamples(labels, scores, w_cls)}
+
+    whole = compute()
+    monkeypatch.setattr(bs, "BLOCK_ELEMENTS", 5000)  # blocks of 16 and 41 resamples
+    assert len(bs.row_blocks(300, 300)) > 1
+    blocked = compute()
+    assert whole.keys() == blocked.keys()
+    for k in whole:
+        np.testing.assert_allclose(blocked[k], whole[k], rtol=1e-13, atol=0, equal_nan=True, err_msg=k)

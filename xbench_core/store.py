@@ -83,9 +83,11 @@ class RunStore:
     def shard_files(self) -> list[Path]:
         return sorted((self.directory / "records").glob("*/*/*/shard-*.jsonl"))
 
-    def iter_records(self) -> Iterator[dict[str, Any]]:
-        """Every complete record of every shard (a half-written line is skipped)."""
-        for path in self.shard_files():
+    def iter_records(self, folder: Path | None = None) -> Iterator[dict[str, Any]]:
+        """Every complete line of every shard (of one record folder), as written; a half-written
+        line is skipped."""
+        paths = self.shard_files() if folder is None else sorted(folder.glob("shard-*.jsonl"))
+        for path in paths:
             with open(path, encoding="utf-8") as fh:
                 for line in fh:
                     if not line.endswith("\n"):
@@ -95,30 +97,30 @@ class RunStore:
                     except json.JSONDecodeError:
                         continue
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> Iterator[dict[str, Any]]:
         """For each (dataset, sample, model, explainer), the records of its latest complete write.
 
         Every append stamps its records with an `attempt` number; a group written again (a resumed
         run redoing a half-written batch) keeps its newest attempt whose `n` records are all present.
+        Streams: each record folder (dataset, model, explainer) is read twice, once to choose the
+        attempts and once to yield their records, so memory never holds a folder's records. The
+        order is the files' order: consumers that need one sort (aggregation sorts by sample id).
         """
-        groups: dict[tuple[str, str, str, str], dict[int, dict[Any, dict[str, Any]]]] = {}
-        for r in self.iter_records():
-            g = (r["dataset"], r["id"], r["model"], r["explainer"])
-            groups.setdefault(g, {}).setdefault(int(r.get("attempt", 0)), {})[r.get("finding")] = r
-        out: list[dict[str, Any]] = []
-        for attempts in groups.values():
-            for a in sorted(attempts, reverse=True):
-                recs = list(attempts[a].values())
-                if len(recs) == recs[0]["n"]:
-                    out.extend(recs)
-                    break
-        # a canonical order, so that aggregates do not depend on how shards split the work
-        out.sort(key=lambda r: (r["dataset"], r["model"], r["explainer"], r.get("finding") or "", r["id"]))
-        return out
+        for folder in self._record_folders():
+            chosen = _complete_attempts(self.iter_records(folder))
+            for r in self.iter_records(folder):
+                if chosen.get(_group(r)) == int(r.get("attempt", 0)):
+                    yield r
 
     def completed(self) -> set[tuple[str, str, str, str]]:
         """(dataset, sample id, model, explainer) groups whose records are all on disk."""
-        return {(r["dataset"], r["id"], r["model"], r["explainer"]) for r in self.records()}
+        done: set[tuple[str, str, str, str]] = set()
+        for folder in self._record_folders():
+            done.update(_complete_attempts(self.iter_records(folder)))
+        return done
+
+    def _record_folders(self) -> list[Path]:
+        return sorted({p.parent for p in self.shard_files()})
 
     # ---- maps --------------------------------------------------------------------------------
     def save_maps(self, dataset: str, model: str, explainer: str, shard: str, maps: dict[str, Any]) -> None:
@@ -162,3 +164,24 @@ def _cut_partial_line(path: Path) -> None:
             return
         data = fh.seek(0) or fh.read()
         fh.truncate(data.rfind(b"\n") + 1)
+
+
+def _group(r: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (r["dataset"], r["id"], r["model"], r["explainer"])
+
+
+def _complete_attempts(records: Iterator[dict[str, Any]]) -> dict[tuple[str, str, str, str], int]:
+    """Per (dataset, sample, model, explainer): the newest attempt whose `n` records are all there."""
+    seen: dict[tuple[str, str, str, str], dict[int, tuple[int, set[Any]]]] = {}
+    for r in records:
+        attempts = seen.setdefault(_group(r), {})
+        n, findings = attempts.setdefault(int(r.get("attempt", 0)), (int(r["n"]), set()))
+        findings.add(r.get("finding"))
+    out = {}
+    for g, attempts in seen.items():
+        for a in sorted(attempts, reverse=True):
+            n, findings = attempts[a]
+            if len(findings) == n:
+                out[g] = a
+                break
+    return out

@@ -118,7 +118,7 @@ class Resampler:
             self._cache.move_to_end(key)
             return self._cache[key]
         rng = bs.generator(self.options.seed, *parts)
-        w = bs.counts(bs.resample_indices(n, rng, self.options.resamples), n)
+        w = bs.resample_counts(n, rng, self.options.resamples)
         self._cache[key] = w
         if len(self._cache) > self.keep:
             self._cache.popitem(last=False)

@@ -16,6 +16,10 @@ A value that does not exist for a resample (no image with a region drawn, one cl
 there and the resample is skipped; the interval is the 2.5th and 97.5th percentile of the valid
 resamples (`numpy.percentile`, linear interpolation), and their number is recorded.
 
+Memory: the count matrices are stored as the smallest unsigned integers that hold n, and every
+computation runs on blocks of resamples (`BLOCK_ELEMENTS` per [rows, n] temporary), so memory is
+O(B n) bytes, not a dozen float64 copies of W; the draws and values do not depend on the blocks.
+
 Resamples are drawn by `numpy.random.default_rng([seed, crc32(part), ...])` with parts naming what
 is resampled (dataset, split, finding), so every model of a dataset sees the same resamples of the
 same images (paired comparisons) and a run's intervals are reproducible.
@@ -24,8 +28,10 @@ same images (paired comparisons) and a run's intervals are reproducible.
 from __future__ import annotations
 
 import contextlib
+import functools
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +39,7 @@ RESAMPLES = 1000
 CONFIDENCE = 0.95
 # near-equal means (summation order) must not change which threshold wins
 TIE_TOLERANCE = 1e-12
+BLOCK_ELEMENTS = 1 << 20  # elements of one [rows, n] float64 temporary (8 MiB)
 
 
 @contextlib.contextmanager
@@ -69,6 +76,40 @@ def counts(indices: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
 
 
+def row_blocks(b: int, n: int) -> list[slice]:
+    """Slices of the B resamples such that a [rows, n] temporary has at most BLOCK_ELEMENTS."""
+    step = max(1, BLOCK_ELEMENTS // max(n, 1))
+    return [slice(lo, min(b, lo + step)) for lo in range(0, b, step)]
+
+
+def resample_counts(n: int, rng: np.random.Generator, resamples: int = RESAMPLES) -> np.ndarray:
+    """The count matrix [resamples, n] of `resample_indices(n, rng, resamples)`, drawn block by
+    block (the generator yields the same numbers) and stored compactly (a count is at most n)."""
+    dtype = np.uint8 if n < 2**8 else np.uint16 if n < 2**16 else np.uint32
+    out = np.zeros((resamples, n), dtype)
+    if n == 0:
+        return out
+    for rows in row_blocks(resamples, n):
+        out[rows] = counts(rng.integers(0, n, size=(rows.stop - rows.start, n)), n)
+    return out
+
+
+def _by_row_blocks(fn: Callable[..., dict[str, np.ndarray]]) -> Callable[..., dict[str, np.ndarray]]:
+    """Run a resample function on blocks of its `weights` rows (as float64) and join the results:
+    each resample's value depends only on its own row."""
+
+    @functools.wraps(fn)
+    def blocked(*args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        *args, weights = args  # `weights` is the last positional argument
+        blocks = row_blocks(weights.shape[0], weights.shape[1])
+        if len(blocks) <= 1:
+            return fn(*args, np.asarray(weights, np.float64), **kwargs)
+        parts = [fn(*args, weights[rows].astype(np.float64), **kwargs) for rows in blocks]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    return blocked
+
+
 def first_argmax(curves: np.ndarray) -> np.ndarray:
     """Row-wise index of the first value within TIE_TOLERANCE of the row's maximum."""
     top = curves.max(axis=1, keepdims=True)
@@ -86,6 +127,7 @@ def interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[list[f
 
 
 # ---- grounding ----------------------------------------------------------------------------------
+@_by_row_blocks
 def grounding_resamples(
     dice_curves: np.ndarray,
     iou_curves: np.ndarray,
@@ -177,6 +219,7 @@ def assign_folds(m: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 # ---- classification -----------------------------------------------------------------------------
+@_by_row_blocks
 def classification_resamples(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
     """AUROC, AUPRC, F1 and accuracy (at 0.5 and at the best-F1 threshold) of every resample.
 

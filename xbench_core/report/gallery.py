@@ -45,8 +45,8 @@ def _entry(config: dict[str, Any], kind: str, name: str, split: Any = None) -> d
 class _Cache:
     """Records, datasets, models and maps, each loaded once."""
 
-    def __init__(self, registry: Any) -> None:
-        self.registry = registry
+    def __init__(self, registry: Any, k_fixed: int) -> None:
+        self.registry, self.k_fixed = registry, k_fixed
         self.records: dict[int, dict[GroupKey, list[dict[str, Any]]]] = {}
         self.datasets: dict[tuple[int, str, Any], Any] = {}
         self.models: dict[tuple[int, str], Any] = {}
@@ -58,8 +58,13 @@ class _Cache:
             split_of, _ = split_resolver(src.config, self.registry)
             groups: dict[GroupKey, list[dict[str, Any]]] = defaultdict(list)
             for r in src.store.records():
-                if r.get("stats") is not None and not r.get("error"):
-                    groups[(r["dataset"], split_of(r), r["model"], r["explainer"])].append(r)
+                st = r.get("stats")
+                if st is not None and not r.get("error"):
+                    # only what the panels show, not the records' 101-threshold counts
+                    slim = {"area_fraction": st["area_fraction"], "pointing_game": st["pointing_game"],
+                            "dice_fixed": _dice_at(st, self.k_fixed)}
+                    groups[(r["dataset"], split_of(r), r["model"], r["explainer"])].append(
+                        {"id": r["id"], "finding": r["finding"], "stats": slim})
             self.records[id(src)] = groups
         return self.records[id(src)].get(key, [])
 
@@ -134,7 +139,7 @@ def _gallery(merged: Merged, folder: Path, root: Path, registry: Any, per_findin
     bins = [tuple(s["range"]) for s in (results.get("analysis") or {}).get("strata", [])] or [(0.0, 1.0)]
     fixed = next((r["fixed_threshold"] for r in rows if r.get("fixed_threshold") is not None), 0.5)
     k_fixed = int(round(fixed * 100))
-    cache = _Cache(registry)
+    cache = _Cache(registry, k_fixed)
     figures: list[FigureFile] = []
     notes: list[str] = []
     for dkey in keys:
@@ -214,7 +219,7 @@ def _gallery(merged: Merged, folder: Path, root: Path, registry: Any, per_findin
                     if st is None or s not in overlays:
                         ax.set_title(f"{name}\n(no map)", fontsize=7)
                     else:
-                        ax.set_title(f"{name}\nPG {st['pointing_game']:.2f} · Dice@{fixed:g} {_dice_at(st, k_fixed):.2f}", fontsize=7)
+                        ax.set_title(f"{name}\nPG {st['pointing_game']:.2f} · Dice@{fixed:g} {st['dice_fixed']:.2f}", fontsize=7)
             fig.suptitle(f"{finding_label(finding)} on {label}", fontsize=9)
             fslug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in finding)
             figures.append(save(
