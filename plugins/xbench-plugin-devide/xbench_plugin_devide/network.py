@@ -1,4 +1,4 @@
-"""DeViDe's networks as the paper describes them, on KAD's code base (no public code exists).
+"""DeViDe's image encoder as the paper describes it, on KAD's code base (no public code exists).
 
 DeViDe (Luo et al., arXiv 2404.03618) states: a ViT-B image encoder, the Med-KEBERT text encoder,
 a binary (L_bce) disease-query head as in KAD, and "a novel projection layer" to align each image
@@ -6,25 +6,17 @@ with the several descriptions of a multi-label study. Everything below that the 
 pin down follows KAD (xiaoman-zhang/KAD, commit 591d999): `CLP_clinical` (Med-KEBERT +
 `mlp_embed`), `TQN_Model` (shared `decoder_norm`, 4 pre-norm DETR decoder layers, d 768, 4 heads,
 FFN 1024, `mlp_head` -> 2) and `ModelViT224` (Hugging Face ViT-B/16 `vit.*`, tokens after the final
-layernorm, class token dropped). This file duplicates the decoder written for the KAD plugin on
-purpose: plugins never import each other.
+layernorm, class token dropped). The parts shared with KAD (`CLP_clinical`, `TQN_Model` with
+DeViDe's `projection` layer after `mlp_head`) are `xbench_core.knowledge`'s `PhraseTextEncoder` and
+`QueryDecoder(projection=True)`.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xbench_core import PreNormDecoderLayer
-
-D_MODEL = 768
-HEADS = 4
-FFN = 1024
-LAYERS = 4
-DROPOUT = 0.1
 IMAGE_SIZE = 224
 PATCH = 16
 
@@ -123,124 +115,3 @@ class ImageEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, 224, 224] -> patch tokens [B, 196, 768] (after the final layernorm, no CLS)."""
         return self.vit(pixels)[:, 1:]
-
-
-class TextEncoder(nn.Module):
-    """KAD's `CLP_clinical`: Med-KEBERT (`bert_model`, with pooler) and `mlp_embed` on the pooler."""
-
-    def __init__(self, bert_config: object) -> None:
-        super().__init__()
-        from transformers import BertModel
-
-        self.bert_model = BertModel(bert_config, add_pooling_layer=True)
-        hidden = int(bert_config.hidden_size)  # type: ignore[attr-defined]
-        self.mlp_embed = nn.Sequential(
-            nn.Linear(hidden, D_MODEL), nn.GELU(), nn.Linear(D_MODEL, D_MODEL)
-        )
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        for m in self.mlp_embed:
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=D_MODEL**-0.5)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """mlp_embed(pooler_output) -> [Q, 768], not normalised (KAD's `encode_text`)."""
-        out = self.bert_model(input_ids=input_ids, attention_mask=attention_mask)
-        return self.mlp_embed(out.pooler_output)
-
-
-class Decoder(nn.Module):
-    """The decoder layers and the final norm (shared with `decoder_norm`, as in TQN_Model)."""
-
-    def __init__(self, norm: nn.LayerNorm) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            PreNormDecoderLayer(D_MODEL, HEADS, FFN, DROPOUT) for _ in range(LAYERS)
-        )
-        self.norm = norm
-
-    def forward(
-        self, tgt: torch.Tensor, memory: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """-> (normalised output [Q, B, d], every layer's cross-attention [B, Q, N])."""
-        maps = []
-        for layer in self.layers:
-            tgt, weights = layer(tgt, memory)
-            maps.append(weights)
-        return self.norm(tgt), maps
-
-
-class QueryDecoder(nn.Module):
-    """KAD's `TQN_Model` plus DeViDe's projection layer for multi-description alignment.
-
-    `projection` maps each query's decoded feature (the image as seen by that finding) into the
-    text embedding space, where it is compared with the finding's several descriptions. It is a
-    training-time head: scores and maps do not use it.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.decoder_norm = nn.LayerNorm(D_MODEL)
-        self.decoder = Decoder(self.decoder_norm)
-        self.dropout_feas = nn.Dropout(DROPOUT)
-        self.mlp_head = nn.Sequential(nn.Linear(D_MODEL, 2))
-        self.projection = nn.Linear(D_MODEL, D_MODEL)
-        self.apply(_init_like_tqn)
-
-    def forward(
-        self, image_tokens: torch.Tensor, queries: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """image_tokens [B, N, d], queries [Q, d] ->
-        (logits [B, Q, 2], per-layer cross-attention [B, Q, N], decoded features [B, Q, d])."""
-        batch = image_tokens.shape[0]
-        memory = self.decoder_norm(image_tokens.transpose(0, 1))
-        tgt = self.decoder_norm(queries.unsqueeze(1).expand(-1, batch, -1))
-        features, maps = self.decoder(tgt, memory)
-        features = self.dropout_feas(features).transpose(0, 1)
-        return self.mlp_head(features), maps, features
-
-    def project(self, features: torch.Tensor) -> torch.Tensor:
-        """Decoded features [B, Q, d] -> unit vectors in the description embedding space."""
-        return F.normalize(self.projection(features), dim=-1)
-
-
-def _init_like_tqn(module: nn.Module) -> None:
-    # TQN_Model._init_weights: N(0, 0.02) for linear and attention projection weights.
-    if isinstance(module, nn.Linear):
-        module.weight.data.normal_(mean=0.0, std=0.02)
-    elif isinstance(module, nn.MultiheadAttention):
-        module.in_proj_weight.data.normal_(mean=0.0, std=0.02)
-        module.out_proj.weight.data.normal_(mean=0.0, std=0.02)
-
-
-class DeViDeNetwork(nn.Module):
-    """Everything DeViDe runs, under one module (image encoder, text encoder, fusion)."""
-
-    def __init__(self, bert_config: object, *, initialize: bool = True) -> None:
-        super().__init__()
-        # Without `initialize`, the ViT and the decoder are allocated but not initialised (their
-        # weights are about to come from a checkpoint; initialising 110 M parameters takes
-        # seconds). They hold no non-persistent buffer, so a strict load overwrites every value.
-        # BERT keeps its own construction: its position ids are such a buffer.
-        self.image_encoder = _built(ImageEncoder, initialize)
-        self.text_encoder = TextEncoder(bert_config)
-        self.fusion = _built(QueryDecoder, initialize)
-
-    def forward(
-        self, pixels: torch.Tensor, queries: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """pixels [B, 3, 224, 224], queries [Q, 768] -> fusion outputs (see QueryDecoder)."""
-        return self.fusion(self.image_encoder(pixels), queries)
-
-
-def _built(cls: type[nn.Module], initialize: bool) -> nn.Module:
-    """An instance of `cls`, initialised, or allocated on the CPU with uninitialised values."""
-    if initialize:
-        return cls()
-    with torch.device("meta"):
-        module = cls()
-    persistent = set(module.state_dict())
-    transient = [name for name, _ in module.named_buffers() if name not in persistent]
-    if transient:  # a checkpoint would not fill them
-        raise RuntimeError(f"{cls.__name__} has non-persistent buffers {transient}")
-    return module.to_empty(device="cpu")
