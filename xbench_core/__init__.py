@@ -62,6 +62,7 @@ _LAZY = {
     "LabelTableDataset": "io.layout", "clip_box": "io.layout", "fit_regions_to_image": "io.layout", "group_label_rows": "io.layout", "image_index": "io.layout", "read_json": "io.layout", "require_choice": "io.layout", "select_listed": "io.layout", "under_root": "io.layout",
     "PreNormDecoder": "fusion", "init_normal_weights": "fusion", "MEDKLIP_ENTITIES": "fusion", "COVID19_ENTITY": "fusion", "MEDKLIP_FINDINGS": "fusion", "EntityQueries": "fusion", "EntityQueryModel": "fusion", "write_tiny_text_encoder": "fusion",
     "DISEASE_PHRASES": "knowledge", "OLD_BERT_BUFFERS": "knowledge", "PhraseQueryModel": "knowledge", "squash_bicubic_8bit": "knowledge",
+    "PROMPT_OPTIONS": "prompts", "PROMPT_PHRASES": "prompts", "PromptEmbeddings": "prompts", "PromptPairMixin": "prompts", "quiet_open_clip": "prompts", "strip_open_clip_schema": "prompts",
     "get_registry": "plugins", "inspect_dataset": "inspect",
 }
 

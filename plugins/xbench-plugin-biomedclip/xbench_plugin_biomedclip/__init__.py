@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xbench_core import ModelSpec, Option, hookimpl
+from xbench_core import PROMPT_OPTIONS, ModelSpec, Option, hookimpl
 
 SPEC = ModelSpec(
     name="biomedclip",
@@ -32,29 +32,7 @@ SPEC = ModelSpec(
             "the checkpoint or from its Hub repository, generated for 'random'; env "
             "XBENCH_BIOMEDCLIP_TEXT_ENCODER",
         ),
-        Option(
-            "positive_template",
-            str,
-            default="{finding}",
-            help="prompt stating the finding; {finding} is replaced by the query phrase",
-        ),
-        Option(
-            "negative_template",
-            str,
-            default="no {finding}",
-            help="prompt denying the finding; {finding} is replaced by the query phrase",
-        ),
-        Option(
-            "templates",
-            list,
-            help="prompt ensemble: positive templates whose normalized embeddings are averaged "
-            "(replaces positive_template)",
-        ),
-        Option(
-            "negative_templates",
-            list,
-            help="prompt ensemble for the negative side (replaces negative_template)",
-        ),
+        *PROMPT_OPTIONS,
     ),
 )
 

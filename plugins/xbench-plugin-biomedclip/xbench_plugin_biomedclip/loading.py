@@ -17,10 +17,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,9 @@ from xbench_core import (
     CheckpointError,
     load_checkpoint,
     load_state_dict_strict,
+    quiet_open_clip,
     resolve_asset,
+    strip_open_clip_schema,
 )
 
 ENV = "XBENCH_BIOMEDCLIP_CHECKPOINT"
@@ -105,13 +105,6 @@ class TextSource:
     config: Path | None = None
 
 
-def _strip_schema(value: str) -> str:
-    for prefix in ("hf-hub:", "local-dir:"):
-        if value.startswith(prefix):
-            return value[len(prefix) :]
-    return value
-
-
 def _weights_in_folder(folder: Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
@@ -131,7 +124,7 @@ def resolve_checkpoint(checkpoint: str | None) -> CheckpointSource:
     """Find the weights: 'random', a file, a folder, a Hub id, the env variable, cache or download."""
     if checkpoint is not None and checkpoint.strip().lower() == "random":
         return CheckpointSource(None)
-    given = _strip_schema(checkpoint) if checkpoint else None
+    given = strip_open_clip_schema(checkpoint) if checkpoint else None
     user_value = given or os.environ.get(ENV) or None
     if user_value and Path(user_value).expanduser().is_dir():
         folder = Path(user_value).expanduser().resolve()
@@ -157,7 +150,7 @@ def resolve_text(text_encoder: str | None, source: CheckpointSource) -> TextSour
     the checkpoint's Hub repository; generated for `random`."""
     value = text_encoder or os.environ.get(TEXT_ENV) or None
     if value:
-        value = _strip_schema(value)
+        value = strip_open_clip_schema(value)
         local = Path(value).expanduser()
         if local.is_dir():
             local = local.resolve()
@@ -238,26 +231,6 @@ def write_text_folder(target: Path, text: TextSource) -> Path:
     return folder
 
 
-class _DropMessages(logging.Filter):
-    """Drops open_clip's warnings that a model was built without weights (ours come afterwards)."""
-
-    PREFIXES = ("No pretrained weights loaded", "Local config loaded, but no CLIP weights")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.PREFIXES)
-
-
-@contextlib.contextmanager
-def _quiet_open_clip() -> Iterator[None]:
-    root = logging.getLogger()
-    drop = _DropMessages()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
-
-
 def build(source: CheckpointSource, text: TextSource) -> tuple[Any, Any, dict[str, Any]]:
     """(open_clip CustomTextCLIP with seeded random weights, its HF tokenizer, the config used)."""
     import open_clip
@@ -273,7 +246,7 @@ def build(source: CheckpointSource, text: TextSource) -> tuple[Any, Any, dict[st
         model_dir = Path(tmp) / "open_clip"
         model_dir.mkdir()
         (model_dir / CONFIG_FILE).write_text(json.dumps(config))
-        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+        with torch.random.fork_rng(devices=[]), quiet_open_clip():
             torch.manual_seed(RANDOM_SEED)
             try:
                 module = open_clip.create_model(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xbench_core import ModelSpec, Option, hookimpl
+from xbench_core import PROMPT_OPTIONS, ModelSpec, Option, hookimpl
 
 SPEC = ModelSpec(
     name="clip",
@@ -38,29 +38,7 @@ SPEC = ModelSpec(
             help="the CLIP BPE vocabulary file (bpe_simple_vocab_16e6.txt.gz); default: the copy "
             "shipped inside open_clip (the text weights come from the checkpoint)",
         ),
-        Option(
-            "positive_template",
-            str,
-            default="{finding}",
-            help="prompt stating the finding; {finding} is replaced by the query phrase",
-        ),
-        Option(
-            "negative_template",
-            str,
-            default="no {finding}",
-            help="prompt denying the finding; {finding} is replaced by the query phrase",
-        ),
-        Option(
-            "templates",
-            list,
-            help="prompt ensemble: positive templates whose normalized embeddings are averaged "
-            "(replaces positive_template)",
-        ),
-        Option(
-            "negative_templates",
-            list,
-            help="prompt ensemble for the negative side (replaces negative_template)",
-        ),
+        *PROMPT_OPTIONS,
     ),
 )
 

@@ -11,10 +11,7 @@ JIT archives (`input_resolution`, `context_length`, `vocab_size`) are dropped, a
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,9 @@ from xbench_core import (
     ConfigError,
     load_checkpoint,
     load_state_dict_strict,
+    quiet_open_clip,
     resolve_asset,
+    strip_open_clip_schema,
 )
 
 ENV = "XBENCH_CLIP_CHECKPOINT"
@@ -59,14 +58,6 @@ class CheckpointSource:
     config_folder: Path | None = None
 
 
-def _strip_schema(value: str) -> str:
-    # open_clip's own model-name schemas are accepted as a convenience.
-    for prefix in ("hf-hub:", "local-dir:"):
-        if value.startswith(prefix):
-            return value[len(prefix) :]
-    return value
-
-
 def _weights_in_folder(folder: Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
@@ -86,7 +77,7 @@ def resolve_checkpoint(checkpoint: str | None, variant: str) -> CheckpointSource
     """Find the weights: 'random', a file, a folder, a Hub id, the env variable, cache or download."""
     if checkpoint is not None and checkpoint.strip().lower() == "random":
         return CheckpointSource(None)
-    given = _strip_schema(checkpoint) if checkpoint else None
+    given = strip_open_clip_schema(checkpoint) if checkpoint else None
     user_value = given or os.environ.get(ENV) or None
     if user_value and Path(user_value).expanduser().is_dir():
         folder = Path(user_value).expanduser().resolve()
@@ -112,26 +103,6 @@ def resolve_checkpoint(checkpoint: str | None, variant: str) -> CheckpointSource
     raise errors[0]
 
 
-class _DropMessages(logging.Filter):
-    """Drops open_clip's warning that a model was built without weights (ours come afterwards)."""
-
-    PREFIXES = ("No pretrained weights loaded", "Local config loaded, but no CLIP weights")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.PREFIXES)
-
-
-@contextlib.contextmanager
-def _quiet_open_clip() -> Iterator[None]:
-    root = logging.getLogger()
-    drop = _DropMessages()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
-
-
 def build_architecture(variant: str, config_folder: Path | None) -> Any:
     """The open_clip CLIP module with random weights (seeded, so that `random` is reproducible).
 
@@ -146,7 +117,7 @@ def build_architecture(variant: str, config_folder: Path | None) -> Any:
     if variant not in VARIANTS:
         raise ConfigError(f"clip.variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
     name = f"local-dir:{config_folder}" if config_folder is not None else variant
-    with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+    with torch.random.fork_rng(devices=[]), quiet_open_clip():
         torch.manual_seed(RANDOM_SEED)
         try:
             model = open_clip.create_model(

@@ -5,14 +5,14 @@ Official code followed:
   src/open_clip/{factory,model,transformer,modified_resnet}.py, v3.3) for the towers;
 - OpenAI's preprocessing (openai/CLIP clip/clip.py `_transform`, open_clip `image_transform_v2` with
   the OpenAI mean and std): shortest side to 224 with bicubic resampling, center crop 224;
-- the CheXzero-style positive/negative prompt softmax (see ../shared/reference/models.md, section 1);
+- the CheXzero-style positive/negative prompt softmax (see ../shared/reference/models.md, section 1),
+  shared with BiomedCLIP in `xbench_core.prompts` (queries, preprocessing, scores, maps, logits);
 - for the RN50 map, the MaskCLIP reformulation of the attention pool (value and output projections
   at every position, the query/key path skipped).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,15 +24,11 @@ from xbench_core import (
     ConfigError,
     DataError,
     FeatureLayer,
-    Geometry,
     Model,
-    ModelOutput,
-    UnsupportedFinding,
-    shortest_side_crop,
+    PromptPairMixin,
 )
 
 from .loading import build_architecture, load_weights, resolve_checkpoint
-from .prompts import QUERIES, PromptEmbeddings, check_templates, fill
 
 # OpenAI CLIP normalization (openai/CLIP clip/clip.py `_transform`; open_clip OPENAI_DATASET_MEAN/STD).
 MEAN = np.array((0.48145466, 0.4578275, 0.40821073), np.float32).reshape(3, 1, 1)
@@ -51,43 +47,26 @@ def _identity(output: Any) -> Any:
     return output
 
 
-def _plain(tensor: Any) -> Any:
-    # Queries are encoded once under torch.inference_mode; autograd cannot save such tensors for
-    # the backward pass of a gradient explainer, so they are copied into ordinary ones first.
-    return tensor.clone() if tensor.is_inference() else tensor
-
-
-class OpenAICLIP(Model):
+class OpenAICLIP(PromptPairMixin, Model):
     """OpenAI CLIP (ViT-B/16 or RN50) on open_clip: score = softmax over a negative and a positive
     prompt; map = cosine similarity of each projected patch (RN50: MaskCLIP position) with the
     positive prompt."""
 
-    map_kind = "similarity"
+    name = "clip"
+    mean, std = MEAN, STD
 
     def __init__(
         self,
         checkpoint: str | None = None,
         variant: str = "ViT-B-16",
         text_encoder: str | None = None,
-        positive_template: str = "{finding}",
-        negative_template: str = "no {finding}",
-        templates: Sequence[str] | None = None,
-        negative_templates: Sequence[str] | None = None,
+        **prompts: Any,  # the PROMPT_OPTIONS: positive/negative template(s)
     ) -> None:
         from open_clip import SimpleTokenizer
         from open_clip.modified_resnet import ModifiedResNet
         from open_clip.transformer import VisionTransformer
 
-        self.positive_templates = (
-            check_templates(templates, "templates")
-            if templates
-            else check_templates([positive_template], "positive_template")
-        )
-        self.negative_templates = (
-            check_templates(negative_templates, "negative_templates")
-            if negative_templates
-            else check_templates([negative_template], "negative_template")
-        )
+        super().__init__(**prompts)
         source = resolve_checkpoint(checkpoint, variant)
         module = build_architecture(variant, source.config_folder)
         if source.weights is not None:
@@ -96,7 +75,7 @@ class OpenAICLIP(Model):
         self.random_weights = source.weights is None
         self.checkpoint = source.weights
         self.variant = variant
-        self.queries = dict(QUERIES)
+        self.text_width = module.text_projection.shape[-1]
 
         visual = module.visual
         if isinstance(visual, VisionTransformer):
@@ -130,58 +109,10 @@ class OpenAICLIP(Model):
         tokenizer_args = {"bpe_path": str(bpe)} if bpe else {}
         self.tokenizer = SimpleTokenizer(context_length=module.context_length, **tokenizer_args)
 
-    # ---- preprocessing -----------------------------------------------------------------------
-    def preprocess(self, image: np.ndarray) -> tuple[Any, Geometry]:
-        """Gray H x W [0, 1] -> 3 x 224 x 224 (shortest side 224 bicubic, center crop, OpenAI norm)."""
-        import torch
-
-        array = np.asarray(image, dtype=np.float32)
-        if array.ndim != 2:
-            raise DataError(f"clip.preprocess expects a gray H x W image, got shape {array.shape}")
-        pixels, geometry = shortest_side_crop(array, self.input_size, self.input_size, "bicubic")
-        # The official pipeline resizes an 8-bit RGB PIL image, whose bicubic overshoot is clipped.
-        np.clip(pixels, 0.0, 1.0, out=pixels)
-        rgb = (np.broadcast_to(pixels, (3, *pixels.shape)) - MEAN) / STD
-        return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)), geometry
-
-    # ---- text side ---------------------------------------------------------------------------
-    def encode_queries(self, findings: Sequence[str]) -> PromptEmbeddings:
-        """Embed the positive and negative prompts of these findings once (ensembles averaged)."""
-        import torch
-        import torch.nn.functional as F
-
-        findings = tuple(findings)
-        unknown = [f for f in findings if f not in self.queries]
-        if unknown:
-            raise UnsupportedFinding(
-                f"clip cannot express {', '.join(unknown)}; supported: {', '.join(self.queries)}"
-            )
-        positive_prompts = tuple(
-            tuple(fill(t, self.queries[f]) for t in self.positive_templates) for f in findings
-        )
-        negative_prompts = tuple(
-            tuple(fill(t, self.queries[f]) for t in self.negative_templates) for f in findings
-        )
-        width = self.module.text_projection.shape[-1]
-        device = self.device
-
-        def embed(prompts: tuple[tuple[str, ...], ...], per: int) -> Any:
-            if not prompts:
-                return torch.zeros(0, width, device=device)
-            tokens = self.tokenizer([p for group in prompts for p in group]).to(device)
-            with torch.no_grad():
-                emb = F.normalize(self.module.encode_text(tokens).float(), dim=-1)
-            # CLIP's prompt ensembling (openai/CLIP notebooks/Prompt_Engineering_for_ImageNet):
-            # mean of the normalized embeddings, normalized again.
-            return F.normalize(emb.reshape(len(prompts), per, -1).mean(dim=1), dim=-1)
-
-        return PromptEmbeddings(
-            findings=findings,
-            positive=embed(positive_prompts, len(self.positive_templates)),
-            negative=embed(negative_prompts, len(self.negative_templates)),
-            positive_prompts=positive_prompts,
-            negative_prompts=negative_prompts,
-        )
+    # ---- towers ------------------------------------------------------------------------------
+    def _encode_text(self, prompts: list[str]) -> Any:
+        """CLIP's BPE tokens (padded to the context length) through the text tower: [N, D]."""
+        return self.module.encode_text(self.tokenizer(prompts).to(self.device))
 
     # ---- image side --------------------------------------------------------------------------
     def _image(self, pixels: Any, dense: bool) -> tuple[Any, Any]:
@@ -222,40 +153,7 @@ class OpenAICLIP(Model):
         out = pool.c_proj(pool.v_proj(tokens))  # [B, h*w, D]
         return out.transpose(1, 2).reshape(b, -1, h, w)
 
-    def _similarities(self, pooled: Any, queries: PromptEmbeddings) -> tuple[Any, Any, Any]:
-        import torch
-        import torch.nn.functional as F
-
-        image = F.normalize(pooled.float(), dim=-1)
-        positive = _plain(queries.positive).to(image.device, torch.float32)
-        negative = _plain(queries.negative).to(image.device, torch.float32)
-        scale = self.module.logit_scale.float().exp()
-        return scale * image @ positive.T, scale * image @ negative.T, positive
-
-    def forward(self, pixels: Any, queries: PromptEmbeddings) -> ModelOutput:
-        """Scores [B, F] = softmax([s(neg), s(pos)])[1]; maps {"similarity": [B, F, gh, gw]}."""
-        import torch
-        import torch.nn.functional as F
-
-        pooled, dense = self._image(pixels, dense=True)
-        # Similarities and the softmax in float32 even under bf16/fp16 autocast.
-        with torch.autocast(device_type=pixels.device.type, enabled=False):
-            s_pos, s_neg, positive = self._similarities(pooled, queries)
-            scores = torch.softmax(torch.stack([s_neg, s_pos], dim=-1), dim=-1)[..., 1]
-            patches = F.normalize(dense.float(), dim=1)
-            maps = torch.einsum("bdhw,fd->bfhw", patches, positive)
-        return ModelOutput(scores=scores, maps={"similarity": maps})
-
     # ---- gradient explainers -----------------------------------------------------------------
-    def logits(self, pixels: Any, queries: PromptEmbeddings) -> Any:
-        """Differentiable s(pos) - s(neg) [B, F]: the score is its sigmoid."""
-        import torch
-
-        pooled, _ = self._image(pixels, dense=False)
-        with torch.autocast(device_type=pixels.device.type, enabled=False):
-            s_pos, s_neg, _ = self._similarities(pooled, queries)
-            return s_pos - s_neg
-
     def feature_layer(self) -> FeatureLayer:
         """ViT: the last residual block (tokens -> 14 x 14 grid); RN50: layer4 (7 x 7)."""
         visual = self.module.visual
