@@ -38,9 +38,10 @@ class BenchDicoms(Dataset):
 
     def annotation(self, i):
         e = self.entries[i]
-        regions = {f: Region.from_boxes((1024, 1024), [b]) for f, b in e["boxes"].items()}
+        size = (e.get("size", 1024),) * 2
+        regions = {f: Region.from_boxes(size, [b]) for f, b in e["boxes"].items()}
         return Sample("bench-dicoms", e["id"], None, e["labels"], regions,
-                      {"path": str(self.root / e["file"]), "size": (1024, 1024)})
+                      {"path": str(self.root / e["file"]), "size": size})
 
 
 def _prior(sigma):
@@ -66,8 +67,8 @@ def xbench_register_datasets(register):
 '''
 
 
-def write_dicoms(folder: Path, n: int, size: int = 1024, seed: int = 0) -> Path:
-    """n distinct 16-bit MONOCHROME2 DICOMs with labels and boxes (labels.json)."""
+def write_dicoms(folder: Path, n: int, size: int = 1024, seed: int = 0, png: bool = False) -> Path:
+    """n distinct 16-bit MONOCHROME2 DICOMs (or 16-bit PNGs) with labels and boxes (labels.json)."""
     import json
 
     import pydicom
@@ -89,17 +90,23 @@ def write_dicoms(folder: Path, n: int, size: int = 1024, seed: int = 0) -> Path:
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         img = np.clip(base + rng.normal(0, 200, (size, size)), 0, 4095).astype(np.uint16)
-        ds.PixelData = img.tobytes()
-        name = f"img{i:05d}.dcm"
-        pydicom.dcmwrite(folder / name, ds, enforce_file_format=True)
+        if png:
+            from PIL import Image
+
+            name = f"img{i:05d}.png"
+            Image.fromarray(img * 16).save(folder / name)
+        else:
+            ds.PixelData = img.tobytes()
+            name = f"img{i:05d}.dcm"
+            pydicom.dcmwrite(folder / name, ds, enforce_file_format=True)
         labels, boxes = {}, {}
         for f in FINDINGS:
             labels[f] = int(rng.random() < 0.4)
             if labels[f]:
-                x0, y0 = rng.uniform(100, 700, 2)
-                w, h = rng.uniform(40, 300, 2)
+                x0, y0 = rng.uniform(100, 700, 2) * size / 1024
+                w, h = rng.uniform(40, 300, 2) * size / 1024
                 boxes[f] = [x0, y0, x0 + w, y0 + h]
-        entries.append({"id": f"img{i:05d}", "file": name, "labels": labels, "boxes": boxes})
+        entries.append({"id": f"img{i:05d}", "file": name, "size": size, "labels": labels, "boxes": boxes})
     (folder / "labels.json").write_text(json.dumps(entries))
     return folder
 

@@ -31,10 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/<datasets>__<models>)")
     r.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     r.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
-    r.add_argument("--batch-size", type=int)
+    r.add_argument("--batch-size", type=_batch_size, metavar="N|auto",
+                   help="images per batch; auto: up to 64 on an accelerator, halved on out-of-memory")
     r.add_argument("--workers", type=int)
     r.add_argument("--limit", type=int, help="only the first N images of each dataset (by sorted id)")
     r.add_argument("--eval-size", type=int, help="cap the eval frame's long side (pixels)")
+    r.add_argument("--image-cache", nargs="?", const=True, metavar="DIR",
+                   help="keep decoded images on disk for later runs (default folder $XBENCH_HOME/image-cache)")
     r.add_argument("--shard", help="i/N: evaluate only shard i of N (job arrays); merge with `xbench merge`")
     r.add_argument("--fail-fast", action="store_true", help="stop at the first per-sample error")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -78,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     ip.add_argument("--skip-images", action="store_true", help="open no image file (labels only)")
     ip.add_argument("--json", action="store_true")
     return p
+
+
+def _batch_size(text: str) -> int | str:
+    return "auto" if text.strip().lower() == "auto" else int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "limit": args.limit,
         "fail_fast": True if args.fail_fast else None,
+        # a bare --image-cache keeps the config's own image_cache settings
+        "image_cache": None if args.image_cache is True and data.get("image_cache") else args.image_cache,
     }
     if args.eval_size is not None:
         data["grounding"] = {**(data.get("grounding") or {}), "eval_size": args.eval_size}

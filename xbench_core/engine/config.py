@@ -10,12 +10,13 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..plugins import Registry
+from .image_cache import CacheSettings
 
 TOP_LEVEL = {
     "out": "run directory (default runs/<datasets>__<models>)",
     "device": "auto | cpu | cuda | cuda:N | mps",
     "precision": "fp32 | bf16 | fp16 (autocast on accelerators)",
-    "batch_size": "images per batch",
+    "batch_size": "images per batch, or auto (accelerators: up to 64, halved per model on out-of-memory)",
     "workers": "data-loading worker processes",
     "limit": "evaluate only the first N images of each dataset (by sorted id)",
     "seed": "seed recorded in the manifest and given to seeded components",
@@ -25,10 +26,12 @@ TOP_LEVEL = {
     "metrics": "list of metric names (default: all installed)",
     "grounding": "{fixed_threshold, eval_size, strata}",
     "save_maps": "keep input-frame maps in the run directory (default true)",
+    "image_cache": "keep decoded images on disk for later runs: true | DIR | {dir, max_gb, max_side}",
     "fail_fast": "stop at the first per-sample error",
 }
 GROUNDING_KEYS = {"fixed_threshold": float, "eval_size": int, "strata": list}
 PRECISIONS = ("fp32", "bf16", "fp16")
+AUTO_BATCH = 64  # `batch_size: auto` on an accelerator: the first try, halved on out-of-memory
 DEFAULT_STRATA = (0.01, 0.1)  # small < 1% of the image, medium 1-10%, large >= 10%
 
 
@@ -52,6 +55,7 @@ class RunConfig:
     device: str = "auto"
     precision: str = "fp32"
     batch_size: int = 8
+    auto_batch: bool = False  # batch_size: auto
     workers: int = 0
     limit: int | None = None
     seed: int = 0
@@ -60,6 +64,7 @@ class RunConfig:
     strata: tuple[float, ...] = DEFAULT_STRATA  # lesion-size bounds (region area fraction); analysis only
     save_maps: bool = True
     fail_fast: bool = False
+    image_cache: CacheSettings | None = None
 
     def evaluation_identity(self) -> dict[str, Any]:
         """What decides the records' values: two runs with the same identity may share a directory."""
@@ -68,6 +73,9 @@ class RunConfig:
             "models": [{"name": m.name, **m.options} for m in self.models],
             "fixed_threshold": self.fixed_threshold,
             "eval_size": self.eval_size,
+            # images downscaled by the cache are what the models see
+            **({"image_max_side": self.image_cache.max_side}
+               if self.image_cache is not None and self.image_cache.max_side is not None else {}),
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,7 +86,7 @@ class RunConfig:
             "out": self.out,
             "device": self.device,
             "precision": self.precision,
-            "batch_size": self.batch_size,
+            "batch_size": "auto" if self.auto_batch else self.batch_size,
             "workers": self.workers,
             "limit": self.limit,
             "seed": self.seed,
@@ -89,6 +97,7 @@ class RunConfig:
             "grounding": grounding,
             "save_maps": self.save_maps,
             "fail_fast": self.fail_fast,
+            "image_cache": None if self.image_cache is None else self.image_cache.as_dict(),
         }
 
 
@@ -213,13 +222,16 @@ def build_config(
     cfg.precision = str(data.get("precision", "fp32"))
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-    cfg.batch_size = _typed(data.get("batch_size", 8), int, "batch_size")
+    batch = data.get("batch_size", 8)
+    cfg.auto_batch = isinstance(batch, str) and batch.strip().lower() == "auto"
+    cfg.batch_size = AUTO_BATCH if cfg.auto_batch else _typed(batch, int, "batch_size")
     cfg.workers = _typed(data.get("workers", 0), int, "workers")
     lim = data.get("limit")
     cfg.limit = None if lim is None else _typed(lim, int, "limit")
     cfg.seed = _typed(data.get("seed", 0), int, "seed")
     cfg.save_maps = bool(data.get("save_maps", True))
     cfg.fail_fast = bool(data.get("fail_fast", False))
+    cfg.image_cache = CacheSettings.parse(data.get("image_cache"))
     if cfg.batch_size < 1 or cfg.workers < 0 or (cfg.limit is not None and cfg.limit < 1):
         raise ConfigError("batch_size and limit must be >= 1, workers >= 0")
     return cfg

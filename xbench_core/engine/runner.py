@@ -47,8 +47,11 @@ def eval_size(shape: Sequence[int], cap: int | None) -> tuple[int, int]:
 class Items:
     """The per-sample work of loader workers: decode once, preprocess for every model, rasterize."""
 
-    def __init__(self, dataset: Any, indices: list[int], models: list[ModelRun], cap: int | None) -> None:
+    def __init__(
+        self, dataset: Any, indices: list[int], models: list[ModelRun], cap: int | None, cache: Any = None
+    ) -> None:
         self.dataset, self.indices, self.models, self.cap = dataset, indices, models, cap
+        self.load = cache.load if cache is not None else dataset.load_image
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -62,7 +65,7 @@ class Items:
             sample = self.dataset.annotation(index)
             item["id"] = sample.id
             item["labels"] = sample.labels
-            sample.image = self.dataset.load_image(sample)
+            sample.image = self.load(sample)
             if not np.isfinite(sample.image).all():
                 raise XBenchError(f"image of {sample.id} has NaN or infinite pixels")
         except Exception as exc:  # becomes an error record: the run goes on
@@ -106,6 +109,9 @@ class Runner:
         self.quiet, self.rank, self.world, self.shard = quiet, rank, world, shard_name
         self.device = resolve_device(config.device)
         self.info: dict[str, Any] = {"models": {}, "datasets": {}, "skipped": [], "errors": 0}
+        # batch_size: auto starts at AUTO_BATCH on an accelerator (the CPU's memory is not the limit)
+        self.loader_batch = 8 if config.auto_batch and self.device.type == "cpu" else config.batch_size
+        self.model_batch: dict[str, int] = {}  # per model, after out-of-memory halvings (auto)
         self.progress_total = progress_total
 
     # ---- setup -------------------------------------------------------------------------------
@@ -131,6 +137,7 @@ class Runner:
                 "map_kind": getattr(model, "map_kind", spec.map_kind),
                 "note": spec.note,
                 "options": comp.options,
+                **({"batch_size": self.loader_batch} if self.cfg.auto_batch else {}),
             }
             self.info["skipped"].extend(skipped)
             runs.append(ModelRun(comp.name, model, spec, explainers, skipped))
@@ -174,17 +181,23 @@ class Runner:
             }
             if not todo:
                 continue
-            self._run_dataset(dataset, models, findings, queries, todo)
+            self._run_dataset(dataset, models, findings, queries, todo, comp)
         self.store.close()
         return self.info
 
-    def _loader(self, dataset: Any, models: list[ModelRun], todo: list[int]) -> Any:
+    def _loader(self, dataset: Any, models: list[ModelRun], todo: list[int], comp: Any) -> Any:
         from torch.utils.data import DataLoader
 
-        items = Items(dataset, todo, models, self.cfg.eval_size)
+        cache = None
+        if self.cfg.image_cache is not None:
+            from .image_cache import ImageCache
+
+            spec = self.registry.datasets[comp.name]
+            cache = ImageCache.for_dataset(self.cfg.image_cache, dataset, spec, comp.options)
+        items = Items(dataset, todo, models, self.cfg.eval_size, cache)
         return DataLoader(
             items,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.loader_batch,
             shuffle=False,
             num_workers=self.cfg.workers,
             collate_fn=_collate,
@@ -200,6 +213,7 @@ class Runner:
         findings: dict[str, list[str]],
         queries: dict[str, Any],
         todo: list[int],
+        comp: Any,
     ) -> None:
         from tqdm import tqdm
 
@@ -211,7 +225,7 @@ class Runner:
             dynamic_ncols=True,
         )
         try:
-            for batch in self._loader(dataset, models, todo):
+            for batch in self._loader(dataset, models, todo, comp):
                 for m in models:
                     self._model_batch(dataset.name, m, findings[m.name], queries[m.name], batch)
                 bar.update(len(batch) * (self.world if self.progress_total is not None else 1))
@@ -221,8 +235,6 @@ class Runner:
     def _model_batch(
         self, dataset: str, m: ModelRun, findings: list[str], queries: Any, batch: list[dict[str, Any]]
     ) -> None:
-        import torch
-
         good = [it for it in batch if "error" not in it and m.name not in it["model_errors"]]
         for it in batch:
             if it not in good:
@@ -234,6 +246,25 @@ class Runner:
             for ename, _, _ in m.explainers:
                 self._records(dataset, m, ename, [], good, np.zeros((len(good), 0)), None)
             return
+        start = 0
+        while start < len(good):
+            size = min(self.model_batch.get(m.name, len(good)), len(good) - start)
+            try:
+                self._model_part(dataset, m, findings, queries, good[start : start + size])
+            except _OutOfMemory:
+                self._free_memory()
+                self.model_batch[m.name] = size // 2  # and the same images again
+                self.info["models"][m.name]["batch_size"] = size // 2
+                continue
+            start += size
+
+    def _model_part(
+        self, dataset: str, m: ModelRun, findings: list[str], queries: Any, good: list[dict[str, Any]]
+    ) -> None:
+        """One forward pass, every explainer and the records of `good`; out-of-memory with
+        `batch_size: auto` and more than one image raises _OutOfMemory (the caller halves)."""
+        import torch
+
         pixels = torch.stack([it["pixels"][m.name] for it in good])
         pixels = pixels.to(self.device, non_blocking=True)
         try:
@@ -241,10 +272,11 @@ class Runner:
                 output = m.model.forward(pixels, queries)
             scores = output.scores.float().cpu().numpy()
         except Exception as exc:
+            self._raise_if_retry(exc, len(good))
             if self.cfg.fail_fast:
                 raise
             for it in good:
-                self._fail(dataset, m, it["id"], None, f"forward failed: {type(exc).__name__}: {exc}", n=1)
+                self._fail(dataset, m, it["id"], None, f"forward failed: {_reason(exc, len(good))}", n=1)
             return
         for ename, explainer, espec in m.explainers:
             try:
@@ -256,12 +288,28 @@ class Runner:
                         maps = explainer.explain(m.model, pixels, queries, output)
                 maps = maps.detach().float()
             except Exception as exc:
+                self._raise_if_retry(exc, len(good))
                 if self.cfg.fail_fast:
                     raise
                 for it in good:
-                    self._fail(dataset, m, it["id"], None, f"explainer {ename} failed: {type(exc).__name__}: {exc}", n=1, explainer=ename)
+                    self._fail(dataset, m, it["id"], None, f"explainer {ename} failed: {_reason(exc, len(good))}", n=1, explainer=ename)
                 continue
             self._records(dataset, m, ename, findings, good, scores, maps)
+
+    def _raise_if_retry(self, exc: BaseException, images: int) -> None:
+        if self.cfg.auto_batch and images > 1 and _is_out_of_memory(exc):
+            raise _OutOfMemory from exc
+
+    def _free_memory(self) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
 
     def _records(
         self,
@@ -347,6 +395,24 @@ class Runner:
             )
         if self.cfg.fail_fast:
             raise XBenchError(f"{dataset}/{sample_id}: {reason} (--fail-fast)")
+
+
+class _OutOfMemory(Exception):
+    """A batch did not fit on the device (batch_size: auto halves it and tries again)."""
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _reason(exc: BaseException, images: int) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if _is_out_of_memory(exc):
+        hint = "set batch_size: auto (halves batches that do not fit)" if images > 1 else "the device cannot hold one image"
+        text += f" ({images} image(s) at once; {hint})"
+    return text
 
 
 def check_identity(store: RunStore, cfg: RunConfig, overwrite: bool) -> None:
