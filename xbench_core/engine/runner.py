@@ -11,6 +11,7 @@ and the run goes on (`fail_fast` stops instead).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,7 +75,8 @@ class Items:
             return item
         size = eval_size(sample.image.shape, self.cap)
         item["eval_size"] = size
-        item["masks"] = {f: torch.from_numpy(r.rasterize(size)) for f, r in sample.regions.items()}
+        # numpy, not torch: a worker sends them pickled, cheaper than a shared-memory file per mask
+        item["masks"] = {f: r.rasterize(size) for f, r in sample.regions.items()}
         item["pixels"], item["geometry"], item["model_errors"] = {}, {}, {}
         for m in self.models:
             try:
@@ -162,6 +164,10 @@ class Runner:
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        with cpu_threads(self.cfg.workers, self.device.type):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         import torch
 
         models = self.build_models()
@@ -395,6 +401,32 @@ class Runner:
             )
         if self.cfg.fail_fast:
             raise XBenchError(f"{dataset}/{sample_id}: {reason} (--fail-fast)")
+
+
+@contextlib.contextmanager
+def cpu_threads(workers: int, device: str) -> Any:
+    """Thread pools of the main process during a run, so that it does not fight its own loader
+    workers for the cores: numpy's BLAS on one thread (its products here are small, and idle BLAS
+    threads spin), and on the CPU device torch's pool shrunk by the number of workers. Measured
+    with benchmarks/loader_scaling.py (see benchmarks/README.md)."""
+    import torch
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        threadpool_limits = None
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > 0 and device == "cpu":
+        torch.set_num_threads(max(1, min(before, cores - workers)))
+    try:
+        if threadpool_limits is None:
+            yield
+        else:
+            with threadpool_limits(limits=1, user_api="blas"):
+                yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _OutOfMemory(Exception):
