@@ -23,7 +23,7 @@ from xbench_core import (  # noqa: E402
     tokenize_without_sep,
     write_bert_folder,
 )
-from xbench_core import frozen_text as frozen_module  # noqa: E402
+from xbench_core.blocks import frozen_text as frozen_module  # noqa: E402
 
 ENV = "XBENCH_UNSET_ENV_FOR_FROZEN_TEXT_TEST"
 _WORDS = ["effusion", "opacity", "border", "pneumonia", "changed", "text", "lung", "base"]

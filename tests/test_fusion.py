@@ -1,4 +1,4 @@
-"""The shared pieces of the fusion models (xbench_core.fusion): the decoder stack's keys and
+"""The shared pieces of the fusion models (xbench_core.blocks.fusion): the decoder stack's keys and
 per-layer attention, the official init, the entity table, and EntityQueryModel on a toy network."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The shared pieces of KAD and DeViDe (xbench_core.knowledge): KAD's official test transform, the
+"""The shared pieces of KAD and DeViDe (xbench_core.blocks.knowledge): KAD's official test transform, the
 phrase table, the text side, and the model base (queries, score, map, logits, seeded build) on a
 toy image encoder."""
 
@@ -21,7 +21,7 @@ from xbench_core import (  # noqa: E402
     read_image,
     squash_bicubic_8bit,
 )
-from xbench_core.knowledge import D_MODEL, resolve_text_config_folder  # noqa: E402
+from xbench_core.blocks.knowledge import D_MODEL, resolve_text_config_folder  # noqa: E402
 from xbench_core.testing import realdata, write_bert_folder  # noqa: E402
 
 

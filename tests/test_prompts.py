@@ -1,4 +1,4 @@
-"""Prompt pairs of CLIP-style models (xbench_core.prompts), on a toy model with known towers."""
+"""Prompt pairs of CLIP-style models (xbench_core.blocks.prompts), on a toy model with known towers."""
 
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def test_open_clip_helpers(caplog):
 
 def test_import_is_light():
     code = (
-        "import sys, xbench_core.prompts, xbench_core; xbench_core.PROMPT_OPTIONS; "
+        "import sys, xbench_core.blocks.prompts, xbench_core; xbench_core.PROMPT_OPTIONS; "
         "print(sorted({'torch', 'numpy'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

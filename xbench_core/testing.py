@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from .blocks.text import generated_vocabulary, write_bert_folder
 from .dataset import Dataset
 from .findings import BY_ID
 from .geometry import Geometry
 from .inspect import inspect_dataset
 from .model import Model
 from .plugins import get_registry, register_plugin, unregister_plugin
-from .text import generated_vocabulary, write_bert_folder
 from .types import Sample
 
 __all__ = [

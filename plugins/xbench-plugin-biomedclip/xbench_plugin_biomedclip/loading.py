@@ -215,7 +215,7 @@ def _read_vocab(path: Path) -> list[str]:
 
 def write_text_folder(target: Path, text: TextSource) -> Path:
     """A local BERT folder (config.json, vocab.txt, tokenizer config) for open_clip's HF tower."""
-    from xbench_core.text import generated_vocabulary, write_bert_folder
+    from xbench_core.blocks.text import generated_vocabulary, write_bert_folder
 
     if text.folder is not None:
         return text.folder

@@ -116,7 +116,7 @@ class CARZero(Model):
         is written to `scratch`, so that nothing needs to be downloaded.
         """
         if self.random_weights and text_encoder is None:
-            from xbench_core.text import write_bert_folder
+            from xbench_core.blocks.text import write_bert_folder
 
             return write_bert_folder(scratch / "bert", **BERT_SHAPE)
         found = {}

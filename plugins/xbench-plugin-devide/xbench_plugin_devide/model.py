@@ -8,7 +8,7 @@ tokenized to 256 tokens, score = softmax([neg, pos])[pos], map = decoder cross-a
 finding's query on the 14 x 14 patch grid. None of it has been checked against released weights.
 
 The parts DeViDe shares with KAD (queries, text side, query decoder, preprocessing, score, map,
-logits) are `xbench_core.PhraseQueryModel` (xbench_core/knowledge.py); the ViT image encoder, the
+logits) are `xbench_core.PhraseQueryModel` (xbench_core/blocks/knowledge.py); the ViT image encoder, the
 checkpoint key table, the projection head's output and the feature layer are DeViDe's own.
 """
 

@@ -11,7 +11,7 @@ Followed (xiaoman-zhang/KAD, commit 591d999):
   (head-averaged) of the finding's query, reshaped to the 16 x 16 token grid.
 
 The parts KAD shares with DeViDe (queries, text side, query decoder, preprocessing, score, map,
-logits) are `xbench_core.PhraseQueryModel` (xbench_core/knowledge.py); the ResNet image encoder,
+logits) are `xbench_core.PhraseQueryModel` (xbench_core/blocks/knowledge.py); the ResNet image encoder,
 the checkpoint reader and the feature layer are KAD's own.
 """
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .geometry import Geometry, squash
+from ..geometry import Geometry, squash
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

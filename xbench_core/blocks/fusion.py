@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .assets import resolve_asset
-from .checkpoints import load_checkpoint, load_state_dict_strict
+from ..assets import resolve_asset
+from ..checkpoints import load_checkpoint, load_state_dict_strict
+from ..errors import UnsupportedFinding
+from ..geometry import Geometry
+from ..model import FeatureLayer, Model, ModelOutput
 from .decoder import PreNormDecoderLayer
-from .errors import UnsupportedFinding
 from .frozen_text import embed_texts, resolve_text_encoder
-from .geometry import Geometry
-from .model import FeatureLayer, Model, ModelOutput
 from .preprocessing import squash_imagenet
 from .text import generated_vocabulary, write_bert_folder
 

@@ -33,8 +33,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError, DataError, UnsupportedFinding
-from .types import ModelOutput, Option
+from ..errors import ConfigError, DataError, UnsupportedFinding
+from ..types import ModelOutput, Option
 
 # Canonical finding id -> lower-case phrase put into the templates. CLIP-style models have no fixed
 # label set, so every finding that a phrase can state is supported. The three catch-all labels (no
@@ -205,7 +205,7 @@ class PromptPairMixin:
         import numpy as np
         import torch
 
-        from .geometry import shortest_side_crop
+        from ..geometry import shortest_side_crop
 
         array = np.asarray(image, dtype=np.float32)
         if array.ndim != 2:

@@ -38,13 +38,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .assets import resolve_asset
-from .errors import AssetError, ConfigError, UnsupportedFinding
+from ..assets import resolve_asset
+from ..errors import AssetError, ConfigError, UnsupportedFinding
+from ..geometry import Geometry
+from ..model import Model
+from ..types import ModelOutput
 from .fusion import PreNormDecoder
-from .geometry import Geometry
-from .model import Model
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from .types import ModelOutput
 
 # Canonical finding id -> KAD's query phrase. KAD's official test scripts use these lists
 # (`test_chestxray14.py`, `test_chexpert.py`, `test_padchest.py`):
