@@ -113,7 +113,6 @@ class Runner:
         self.info: dict[str, Any] = {"models": {}, "datasets": {}, "skipped": [], "errors": 0}
         # batch_size: auto starts at AUTO_BATCH on an accelerator (the CPU's memory is not the limit)
         self.loader_batch = 8 if config.auto_batch and self.device.type == "cpu" else config.batch_size
-        self.model_batch: dict[str, int] = {}  # per model, after out-of-memory halvings (auto)
         self.progress_total = progress_total
 
     # ---- setup -------------------------------------------------------------------------------
@@ -254,13 +253,14 @@ class Runner:
             return
         start = 0
         while start < len(good):
-            size = min(self.model_batch.get(m.name, len(good)), len(good) - start)
+            # with batch_size: auto, the model's size after its out-of-memory halvings (manifest)
+            limit = self.info["models"][m.name].get("batch_size", len(good))
+            size = min(limit, len(good) - start)
             try:
                 self._model_part(dataset, m, findings, queries, good[start : start + size])
             except _OutOfMemory:
                 self._free_memory()
-                self.model_batch[m.name] = size // 2  # and the same images again
-                self.info["models"][m.name]["batch_size"] = size // 2
+                self.info["models"][m.name]["batch_size"] = size // 2  # and the same images again
                 continue
             start += size
 
@@ -411,20 +411,15 @@ def cpu_threads(workers: int, device: str) -> Any:
     with benchmarks/loader_scaling.py (see benchmarks/README.md)."""
     import torch
 
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        threadpool_limits = None
+    from ..metrics.bootstrap import single_threaded_blas
+
     before = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if workers > 0 and device == "cpu":
         torch.set_num_threads(max(1, min(before, cores - workers)))
     try:
-        if threadpool_limits is None:
+        with single_threaded_blas():
             yield
-        else:
-            with threadpool_limits(limits=1, user_api="blas"):
-                yield
     finally:
         torch.set_num_threads(before)
 
