@@ -7,6 +7,9 @@ Hugging Face cache; a download from the Hub or from a URL checked against its SH
 otherwise an `AssetError` that says what the file is, where it comes from and how to pass it.
 
 `HF_HUB_OFFLINE=1` stops every network attempt, Hub and http(s) alike; `file://` URLs still work.
+`XBENCH_MIRROR` (a folder, or a base URL) serves every URL download instead of its origin:
+`https://HOST/PATH` is read from `$XBENCH_MIRROR/HOST/PATH`, with the same SHA-256 check (offline
+clusters lay out their downloads that way; a mirror folder counts as local, also when offline).
 Nothing here imports torch, and `huggingface_hub` is imported only when the Hub is needed.
 """
 
@@ -301,6 +304,19 @@ def _not_available(wanted: _Wanted, why: str) -> AssetError:
     )
 
 
+def mirrored_url(url: str) -> str | None:
+    """Where `$XBENCH_MIRROR` serves `url` (`https://HOST/PATH` -> `$XBENCH_MIRROR/HOST/PATH`, a
+    `file://` URL when the mirror is a folder), or None without a mirror or for a non-http URL."""
+    mirror = os.environ.get("XBENCH_MIRROR", "").strip()
+    parts = urllib.parse.urlparse(url)
+    if not mirror or parts.scheme.lower() not in ("http", "https"):
+        return None
+    tail = parts.netloc + parts.path
+    if urllib.parse.urlparse(mirror).scheme.lower() in ("http", "https", "file"):
+        return mirror.rstrip("/") + "/" + tail
+    return (Path(mirror).expanduser().resolve() / urllib.parse.unquote(tail)).as_uri()
+
+
 def _download(wanted: _Wanted) -> Path:
     if wanted.hub_repo:
         if _offline():
@@ -309,12 +325,13 @@ def _download(wanted: _Wanted) -> Path:
             )
         return _download_hub(wanted)
     if wanted.url:
-        scheme = urllib.parse.urlparse(wanted.url).scheme.lower()
+        source = mirrored_url(wanted.url) or wanted.url
+        scheme = urllib.parse.urlparse(source).scheme.lower()
         if _offline() and scheme != "file":
             raise _not_available(
                 wanted, "it is not in the cache and HF_HUB_OFFLINE=1 forbids downloading it"
             )
-        return _download_url(wanted)
+        return _download_url(wanted, source)
     raise _not_available(wanted, "it was not given and is not in the cache")
 
 
@@ -360,8 +377,9 @@ def _download_hub(wanted: _Wanted) -> Path:
     return found.resolve()
 
 
-def _download_url(wanted: _Wanted) -> Path:
+def _download_url(wanted: _Wanted, source: str) -> Path:
     assert wanted.url is not None
+    via = "" if source == wanted.url else f" (served by XBENCH_MIRROR as {_shown(source)})"
     target = wanted.cache_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     # Downloaded under a temporary name and renamed once complete and verified: an interrupted
@@ -374,7 +392,7 @@ def _download_url(wanted: _Wanted) -> Path:
     digest = hashlib.sha256()
     try:
         with os.fdopen(handle, "wb") as out:
-            with urllib.request.urlopen(wanted.url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            with urllib.request.urlopen(source, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 total = response.headers.get("Content-Length")
                 from tqdm.auto import tqdm
 
@@ -392,13 +410,19 @@ def _download_url(wanted: _Wanted) -> Path:
     except BaseException as error:
         temporary.unlink(missing_ok=True)
         if isinstance(error, Exception):
+            if via:
+                raise AssetError(
+                    f"could not read {wanted.name} from the mirror: {_shown(source)} "
+                    f"({type(error).__name__}: {error}). XBENCH_MIRROR serves {wanted.url} from "
+                    f"$XBENCH_MIRROR/HOST/PATH; put the file there, or {wanted.how_to_pass()}."
+                ) from error
             raise _download_failed(wanted, error) from error
         raise
     got = digest.hexdigest()
     if wanted.sha256 and got != wanted.sha256.strip().lower():
         temporary.unlink(missing_ok=True)
         raise AssetError(
-            f"{wanted.name} downloaded from {wanted.url} has SHA-256 {got}, expected "
+            f"{wanted.name} downloaded from {wanted.url}{via} has SHA-256 {got}, expected "
             f"{wanted.sha256}; the download was deleted. The file at that URL may have changed "
             f"or been corrupted in transit; to use a copy you trust, {wanted.how_to_pass()}."
         )
@@ -406,3 +430,9 @@ def _download_url(wanted: _Wanted) -> Path:
     if wanted.sha256:
         _sidecar(target).write_text(got + "\n")
     return target.resolve()
+
+
+def _shown(source: str) -> str:
+    """A mirror location as a user would type it: a path for file:// URLs."""
+    parts = urllib.parse.urlparse(source)
+    return urllib.parse.unquote(parts.path) if parts.scheme == "file" else source

@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", help="evaluate models on datasets (default: phantom with the baselines)")
-    r.add_argument("-c", "--config", help="YAML config file")
+    r.add_argument("-c", "--config", help="YAML config file (on top of --preset)")
+    r.add_argument("--preset", help="a shipped config, e.g. xbench-paper (`xbench preset list`)")
     r.add_argument("--datasets", help="comma-separated dataset names (overrides the config)")
     r.add_argument("--models", help="comma-separated model names (overrides the config)")
     r.add_argument("--explainers", help="comma-separated explainer names (default native)")
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="write the (merged) report here (default: the first run)")
     rep.add_argument("--no-gallery", action="store_true", help="leave out the map overlay gallery")
     rep.add_argument("--quiet", action="store_true")
+    rep.add_argument("--compare", metavar="PRESET", help="published numbers beside ours, e.g. xbench-paper")
 
     m = sub.add_parser("merge", help="aggregate all shards of a run; report missing samples")
     m.add_argument("run")
@@ -65,7 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("names", nargs="+")
 
     v = sub.add_parser("validate", help="check a config file without running it")
-    v.add_argument("config")
+    v.add_argument("config", nargs="?")
+    v.add_argument("--preset", help="a shipped config (the config file, if given, goes on top)")
+    v.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME.KEY=VALUE")
+
+    pr = sub.add_parser("preset", help="shipped run configs: `xbench preset list`, `xbench preset show NAME`")
+    pr.add_argument("action", choices=("list", "show"))
+    pr.add_argument("name", nargs="?")
 
     cv = sub.add_parser("convert", help="write a checkpoint's tensors as plain safetensors")
     cv.add_argument("checkpoint")
@@ -74,10 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--strip-prefix", action="append", default=[])
 
     ip = sub.add_parser("inspect", help="count a dataset's images, labels and regions; list problems")
-    ip.add_argument("dataset")
+    ip.add_argument("dataset", nargs="?", help="a dataset name (or use --preset)")
+    ip.add_argument("--preset", help="count every dataset of a preset, e.g. xbench-paper")
+    ip.add_argument("-c", "--config", help="YAML config file on top of --preset")
     ip.add_argument("--root", help="where the dataset lives")
     ip.add_argument("--split")
-    ip.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ip.add_argument("--set", dest="sets", action="append", default=[], metavar="[NAME.]KEY=VALUE")
     ip.add_argument("--skip-images", action="store_true", help="open no image file (labels only)")
     ip.add_argument("--json", action="store_true")
     return p
@@ -115,15 +125,17 @@ def _split(text: str | None) -> list[dict[str, Any]] | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .engine.config import build_config, load_yaml
+    from .engine.config import build_config, parse_set
     from .engine.distributed import launch
+    from .presets import load_config, resolve_all
 
     registry = _registry(args)
-    data = load_yaml(args.config) if args.config else {}
+    data = load_config(args.config, args.preset)
     if args.datasets:
         data["datasets"] = _merge_components(data.get("datasets"), _split(args.datasets))
     if args.models:
         data["models"] = _merge_components(data.get("models"), _split(args.models))
+    data = resolve_all(data, parse_set(args.sets))
     overrides = {
         "explainers": args.explainers,
         "metrics": args.metrics,
@@ -218,6 +230,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     write_report(args.runs, out=args.out, registry=registry, gallery=not args.no_gallery, quiet=args.quiet)
+    if args.compare:
+        from .report.paper import write_comparison
+
+        write_comparison(args.out or args.runs[0], args.compare, quiet=args.quiet)
     return 0
 
 
@@ -282,10 +298,15 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .engine.config import build_config, load_yaml
+    from .engine.config import build_config, parse_set
+    from .errors import ConfigError
+    from .presets import load_config, resolve_all
 
-    cfg = build_config(load_yaml(args.config), _registry(args))
-    print(f"{args.config}: valid")
+    if not args.config and not args.preset:
+        raise ConfigError("xbench validate needs a config file or --preset NAME")
+    data = resolve_all(load_config(args.config, args.preset), parse_set(args.sets))
+    cfg = build_config(data, _registry(args), sets=args.sets)
+    print(f"{args.config or args.preset}: valid")
     print(json.dumps(cfg.as_dict(), indent=2, default=str))
     return 0
 
@@ -299,11 +320,35 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preset(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .presets import available, get
+
+    if args.action == "show":
+        if not args.name:
+            raise ConfigError("xbench preset show needs a preset name (`xbench preset list`)")
+        print(get(args.name).text, end="")
+        return 0
+    for name, preset in sorted(available().items()):
+        print(f"{name}  {preset.meta.get('summary', '')}  ({preset.source})")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .engine.config import parse_set
+    from .errors import ConfigError
     from .inspect import format_inspection, inspect_dataset
 
     registry = _registry(args)
+    if args.preset or args.config:
+        from .presets.inspect import format_preset_inspection, inspect_preset
+
+        report = inspect_preset(args.preset, args.config, args.sets, registry, skip_images=args.skip_images,
+                                progress=not args.json, only=args.dataset)
+        print(json.dumps(report, indent=2) if args.json else format_preset_inspection(report))
+        return 0
+    if not args.dataset:
+        raise ConfigError("xbench inspect needs a dataset name or --preset NAME")
     spec = registry.get("datasets", args.dataset)
     options = parse_set([f"{args.dataset}.{s}" for s in args.sets]).get(args.dataset, {})
     if args.root is not None:

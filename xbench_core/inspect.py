@@ -9,7 +9,7 @@ from .dataset import Dataset, Problem
 
 def inspect_dataset(dataset: Dataset, *, skip_images: bool = False, progress: bool = False) -> dict[str, Any]:
     """Per finding the positive images, the images with regions and the region instances; the number
-    of images; and every problem (parse problems, and with images, missing or undecodable files).
+    of images and of images with at least one region; and every problem (parse problems, and with images, missing or undecodable files).
 
     With `skip_images` no image file is opened at all.
     """
@@ -17,6 +17,7 @@ def inspect_dataset(dataset: Dataset, *, skip_images: bool = False, progress: bo
         f: {"positive": 0, "with_region": 0, "instances": 0} for f in dataset.findings
     }
     image_problems: list[Problem] = []
+    with_region = 0
     indices = range(len(dataset))
     if progress:
         from tqdm import tqdm
@@ -27,6 +28,7 @@ def inspect_dataset(dataset: Dataset, *, skip_images: bool = False, progress: bo
         for finding, label in sample.labels.items():
             row = findings.setdefault(finding, {"positive": 0, "with_region": 0, "instances": 0})
             row["positive"] += int(label == 1)
+        with_region += bool(sample.regions)
         for finding, region in sample.regions.items():
             row = findings.setdefault(finding, {"positive": 0, "with_region": 0, "instances": 0})
             row["with_region"] += 1
@@ -42,6 +44,7 @@ def inspect_dataset(dataset: Dataset, *, skip_images: bool = False, progress: bo
         "dataset": dataset.name,
         "split": dataset.split,
         "images": len(dataset),
+        "images_with_region": with_region,
         "findings": findings,
         "problems": [p.as_dict() for p in problems],
     }
@@ -49,7 +52,10 @@ def inspect_dataset(dataset: Dataset, *, skip_images: bool = False, progress: bo
 
 def format_inspection(report: dict[str, Any]) -> str:
     """The human-readable form of `inspect_dataset`'s report."""
-    lines = [f"{report['dataset']} ({report['split']}): {report['images']} images"]
+    lines = [
+        f"{report['dataset']} ({report['split']}): {report['images']} images, "
+        f"{report['images_with_region']} with a region"
+    ]
     width = max([len(f) for f in report["findings"]] + [7])
     lines.append(f"  {'finding':<{width}}  positive  with_region  instances")
     for f, row in report["findings"].items():

@@ -194,7 +194,8 @@ class IdList:
 
     Iterating yields `(id, line)` pairs of first occurrences. `repeats` are later lines that list
     an id again, `empty_lines` rows whose id cell is empty, and `paths` the value of a path column
-    per id (when one was asked for and present). `source` names the file in problems.
+    per id (when one was asked for and present). `source` names the file in problems; `header`
+    holds the table's column names (normalized; empty for a list or a table without a header).
     """
 
     source: str
@@ -202,6 +203,7 @@ class IdList:
     repeats: tuple[tuple[str, int], ...] = ()
     empty_lines: tuple[int, ...] = ()
     paths: Mapping[str, str] = field(default_factory=dict)
+    header: tuple[str, ...] = ()
 
     def __iter__(self) -> Iterator[tuple[str, int]]:
         return iter(self.entries)
@@ -214,12 +216,17 @@ class IdList:
         return [image_id for image_id, _ in self.entries]
 
     def select(
-        self, known: Collection[str], missing: Callable[[str], str] | None = None
+        self,
+        known: Collection[str],
+        missing: Callable[[str], str] | None = None,
+        *,
+        rows_per_id: Collection[str] = (),
     ) -> tuple[list[str], list[Problem]]:
         """The listed ids that are in `known` (file order) and the problems of the list.
 
         Problems, in line order: an id not in `known` (message `missing(id)`; skipped), an id
-        listed again (kept once), a row without an id.
+        listed again (kept once; not a problem when the header has one of the `rows_per_id`
+        columns: a split in a label format, e.g. SIIM's one row per RLE), a row without an id.
         """
         from ..dataset import Problem
 
@@ -234,7 +241,8 @@ class IdList:
                     (line, Problem(self.source, missing(image_id), line=line, sample=image_id))
                 )
         first = dict(self.entries)
-        for image_id, line in self.repeats:
+        label_format = any(_column_key(c) in self.header for c in rows_per_id)
+        for image_id, line in () if label_format else self.repeats:
             message = (
                 f"id {image_id!r} is listed again (first on line {first[image_id]}); kept once"
             )
@@ -330,7 +338,10 @@ def read_id_list(
             f"split_file {where} lists no image id ({why}); give one id per line, or a CSV "
             "with an id column"
         )
-    return IdList(where, tuple(entries.items()), tuple(repeats), tuple(empty), paths)
+    return IdList(
+        where, tuple(entries.items()), tuple(repeats), tuple(empty), paths,
+        tuple(header) if has_header else (),
+    )
 
 
 # -- image trees ------------------------------------------------------------------------------

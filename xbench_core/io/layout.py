@@ -148,14 +148,16 @@ def select_listed(
     known: Collection[str],
     problems: list[Problem],
     missing: Callable[[str], str],
+    rows_per_id: Collection[str] = (),
     **options: Any,
 ) -> list[str]:
     """The ids of `known` that a split file lists, sorted.
 
     The file is read by `read_id_list` (`options` go to it); its problems (ids not in `known`,
-    worded by `missing(id)`, ids listed again, rows without an id) are appended to `problems`.
+    worded by `missing(id)`, ids listed again unless it has a `rows_per_id` column, rows without
+    an id) are appended to `problems`.
     """
-    keep, found = read_id_list(split_file, **options).select(known, missing)
+    keep, found = read_id_list(split_file, **options).select(known, missing, rows_per_id=rows_per_id)
     problems += found
     return sorted(keep)
 

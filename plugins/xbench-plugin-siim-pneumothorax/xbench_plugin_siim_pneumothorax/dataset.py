@@ -116,6 +116,7 @@ class SIIMPneumothorax(LabelTableDataset):
                 set(self._ids.tolist()),
                 self.problems,
                 lambda iid: f"id {iid!r} is not in the label file; skipped",
+                rows_per_id=("EncodedPixels",),  # a split in the label format: one row per RLE
                 id_columns=ID_COLUMNS,
             )
             rows = np.searchsorted(self._ids, np.asarray(chosen, dtype=self._ids.dtype))
