@@ -224,6 +224,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(format_table(results))
             print(f"results: {store.results_path}")
+        if args.compare:
+            from .report.paper import refuse_random_weights
+
+            refuse_random_weights(results)
     if importlib.util.find_spec("matplotlib") is None:
         print("no report (tables, figures, report.html): it needs matplotlib, pip install 'xbench[report]'", file=sys.stderr)
         return 0

@@ -5,7 +5,8 @@
 writes into `out` (default: the first run's directory):
 
     tables/<table>.csv|.md|.tex      grounding, Pointing Game per finding, recognition, strata,
-                                     threshold modes (per dataset) and a grounding overview
+                                     threshold modes (per dataset) and a grounding overview;
+                                     the paper's Table 1 and Tables 2-5 (paper_table*)
     figures/<figure>.png|.svg        recognition vs grounding, Dice fixed vs best, per-finding
                                      Pointing Game, strata, Dice curves; figures/gallery/...
     report.html                      everything above on one page, with the runs' manifests
@@ -60,7 +61,9 @@ def write_report(
     if len(sources) > 1:
         RunStore(folder).write_json(folder / "merged-results.json", merged.results)
 
-    tables = build_tables(merged.results)
+    from .paper import paper_figures, paper_tables
+
+    tables = build_tables(merged.results) + paper_tables(merged.results)
     table_dir = folder / "tables"
     table_dir.mkdir(exist_ok=True)
     table_files: dict[str, dict[str, str]] = {}
@@ -72,7 +75,8 @@ def write_report(
             files[ext.upper() if ext != "tex" else "LaTeX"] = path.relative_to(folder).as_posix()
         table_files[t.name] = files
 
-    figures = all_figures(merged.results, folder / "figures", folder)
+    figures = all_figures(merged.results, folder / "figures", folder) + paper_figures(
+        merged.results, folder / "figures", folder)
     notes: list[str] = []
     shown: list[Any] = []
     if gallery:

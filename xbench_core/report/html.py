@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .figures import FigureFile
+from .paper import PAPER_SECTION
 from .tables import (
     MEAN,
     Table,
@@ -173,6 +174,11 @@ def render(
         if f.section is None:
             body.append(figure_html(f))
     body.append("</section>")
+    paper = [table_html(t, table_files[t.name]) for t in tables if t.section == PAPER_SECTION]
+    paper += [figure_html(f) for f in figures if f.section == PAPER_SECTION]
+    if paper:
+        body.append('<section id="paper"><h2>The paper\'s tables and figures</h2>' + "".join(paper) + "</section>")
+        nav.insert(2, '<li><a href="#paper">Paper layout</a></li>')
 
     # ---- models
     body.append('<section id="models"><h2>Models</h2>')
