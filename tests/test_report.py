@@ -253,6 +253,9 @@ def test_merge_pairs_a_validation_run_with_a_test_run(run: Path, tmp_path: Path)
     manifest = json.loads((val / "manifest.json").read_text())
     manifest["config"]["datasets"][0]["split"] = "val"
     (val / "manifest.json").write_text(json.dumps(manifest))
+    for shard in RunStore(val).shard_files():  # records carry their split
+        lines = [json.loads(line) for line in shard.read_text().splitlines()]
+        shard.write_text("".join(json.dumps({**r, "split": "val"}) + "\n" for r in lines))
     registry = get_registry()
     merged = merge_sources(load_sources([run, val], registry), registry).results
     assert merged["analysis"]["val_pairs"] == [{"dataset": "phantom", "test_split": "test", "val_split": "val"}]

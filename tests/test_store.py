@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from xbench_core.schema import make_record
 from xbench_core.store import RunStore
 
 
-def _rec(sample: str, finding: str | None, n: int, score: float) -> dict:
-    return {"dataset": "d", "id": sample, "model": "m", "explainer": "native", "finding": finding,
-            "n": n, "label": 1, "score": score, "stats": None, "error": None}
+def _rec(sample: str, finding: str | None, n: int, score: float, split: str | None = "test") -> dict:
+    return dict(make_record("d", split, sample, "m", "native", finding, n, label=1, score=score))
 
 
 def test_latest_complete_attempt_wins_and_partial_lines_are_ignored(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_latest_complete_attempt_wins_and_partial_lines_are_ignored(tmp_path: Pa
         fh.write(json.dumps(_rec("c", "x", 1, 0.5))[:30])
     got = sorted((r["id"], r["finding"], r["score"]) for r in store.records())
     assert got == [("a", "x", 0.1), ("a", "y", 0.2), ("b", "x", 0.4)]
-    assert store.completed() == {("d", "a", "m", "native"), ("d", "b", "m", "native")}
+    assert store.completed() == {("d", "test", "a", "m", "native"), ("d", "test", "b", "m", "native")}
     # appending again cuts the half line first
     store.append("d", "m", "native", "1", [_rec("c", "x", 1, 0.6)])
     store.close()
@@ -40,3 +40,14 @@ def test_records_stream_one_folder_at_a_time(tmp_path: Path) -> None:
     records = store.records()
     assert iter(records) is records  # a generator, not a list
     assert sorted(r["model"] for r in records) == ["m1", "m2"]
+
+
+def test_a_group_is_per_split(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.append("d", "m", "native", "0", [_rec("a", "x", 1, 0.1, "val"), _rec("a", "x", 1, 0.2, "test")])
+    store.append("d", "m", "native", "0", [_rec("b", "x", 1, 0.3, None)])  # written before records had a split
+    store.close()
+    assert sorted((r["split"] or "", r["id"], r["score"]) for r in store.records()) == [
+        ("", "b", 0.3), ("test", "a", 0.2), ("val", "a", 0.1)]
+    assert store.completed() == {("d", "val", "a", "m", "native"), ("d", "test", "a", "m", "native"),
+                                 ("d", None, "b", "m", "native")}

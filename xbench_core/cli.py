@@ -152,10 +152,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.eval_size is not None:
         data["grounding"] = {**(data.get("grounding") or {}), "eval_size": args.eval_size}
     cfg = build_config(data, registry, overrides=overrides, sets=args.sets)
-    code = launch(cfg, registry, shard=args.shard, overwrite=args.overwrite, quiet=args.quiet)
-    if code == 0 and not args.no_report and args.shard is None:
+    outcome = launch(cfg, registry, shard=args.shard, overwrite=args.overwrite, quiet=args.quiet)
+    if outcome.shard is not None:
+        if not args.quiet:
+            i, n = outcome.shard
+            print(f"shard {i}/{n} done: {outcome.store.directory}. "
+                  f"When every shard is done: xbench merge {outcome.store.directory}")
+        return 0
+    if outcome.results is not None and not args.quiet:
+        print_summary(outcome.results, outcome.store)
+    if not args.no_report:
         _report_after_run(cfg, registry, quiet=args.quiet)
-    return code
+    return 0
 
 
 def _report_after_run(cfg: Any, registry: Any, *, quiet: bool) -> None:
@@ -244,7 +252,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .engine.distributed import merge
 
-    return merge(args.run, _registry(args))
+    outcome = merge(args.run, _registry(args))
+    print_summary(outcome.results, outcome.store)
+    if outcome.missing:
+        print(f"{len(outcome.missing)} samples have no records yet (first 20):")
+        for line in outcome.missing[:20]:
+            print(f"  {line}")
+        return 1
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:

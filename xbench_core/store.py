@@ -6,9 +6,12 @@
       maps/<dataset>/<model>/<explainer>/shard-<k>-<n>.safetensors  input-frame maps, float16
       results.json                                         aggregated metrics
 
-Records are keyed by content (dataset, sample id, model, explainer, finding), so shards written by
-any number of processes merge, and a run resumes with another number of ranks. Each record carries
-`n`, the number of records of its (sample, model, explainer) group: a group is complete when all
+      shards/<k>.json                                      what job-array shard k built (models, skipped
+                                                           explainers), read by `xbench merge`
+
+Records are keyed by content (dataset, split, sample id, model, explainer, finding; see schema.py),
+so shards written by any number of processes merge, and a run resumes with another number of ranks.
+Each record carries `n`, the number of records of its group: a group is complete when all
 `n` are present; an incomplete group (a run killed mid-batch) is recomputed. A half-written last
 line is ignored and cut away before appending.
 """
@@ -18,11 +21,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import ConfigError
+from .schema import GroupKey, record_group
 
 
 def _safe(name: str) -> str:
@@ -58,11 +62,18 @@ class RunStore:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
         os.replace(tmp, path)
 
+    def write_shard_info(self, shard: str, info: Mapping[str, Any]) -> None:
+        """What one job-array shard built, for `xbench merge` (shards do not write the manifest)."""
+        self.write_json(self.directory / "shards" / f"{_safe(shard)}.json", info)
+
+    def shard_infos(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted((self.directory / "shards").glob("*.json"))]
+
     # ---- records -----------------------------------------------------------------------------
     def record_dir(self, dataset: str, model: str, explainer: str) -> Path:
         return self.directory / "records" / _safe(dataset) / _safe(model) / _safe(explainer)
 
-    def append(self, dataset: str, model: str, explainer: str, shard: str, records: list[dict]) -> None:
+    def append(self, dataset: str, model: str, explainer: str, shard: str, records: Sequence[Mapping[str, Any]]) -> None:
         """Append one batch of records and flush them to disk."""
         key = (dataset, model, explainer, shard)
         fh = self._writers.get(key)
@@ -98,7 +109,7 @@ class RunStore:
                         continue
 
     def records(self) -> Iterator[dict[str, Any]]:
-        """For each (dataset, sample, model, explainer), the records of its latest complete write.
+        """For each record group (schema.record_group), the records of its latest complete write.
 
         Every append stamps its records with an `attempt` number; a group written again (a resumed
         run redoing a half-written batch) keeps its newest attempt whose `n` records are all present.
@@ -109,12 +120,12 @@ class RunStore:
         for folder in self._record_folders():
             chosen = _complete_attempts(self.iter_records(folder))
             for r in self.iter_records(folder):
-                if chosen.get(_group(r)) == int(r.get("attempt", 0)):
+                if chosen.get(record_group(r)) == int(r.get("attempt", 0)):
                     yield r
 
-    def completed(self) -> set[tuple[str, str, str, str]]:
-        """(dataset, sample id, model, explainer) groups whose records are all on disk."""
-        done: set[tuple[str, str, str, str]] = set()
+    def completed(self) -> set[GroupKey]:
+        """Record groups (dataset, split, sample id, model, explainer) whose records are all on disk."""
+        done: set[GroupKey] = set()
         for folder in self._record_folders():
             done.update(_complete_attempts(self.iter_records(folder)))
         return done
@@ -166,15 +177,11 @@ def _cut_partial_line(path: Path) -> None:
         fh.truncate(data.rfind(b"\n") + 1)
 
 
-def _group(r: dict[str, Any]) -> tuple[str, str, str, str]:
-    return (r["dataset"], r["id"], r["model"], r["explainer"])
-
-
-def _complete_attempts(records: Iterator[dict[str, Any]]) -> dict[tuple[str, str, str, str], int]:
-    """Per (dataset, sample, model, explainer): the newest attempt whose `n` records are all there."""
-    seen: dict[tuple[str, str, str, str], dict[int, tuple[int, set[Any]]]] = {}
+def _complete_attempts(records: Iterator[dict[str, Any]]) -> dict[GroupKey, int]:
+    """Per record group: the newest attempt whose `n` records are all there."""
+    seen: dict[GroupKey, dict[int, tuple[int, set[Any]]]] = {}
     for r in records:
-        attempts = seen.setdefault(_group(r), {})
+        attempts = seen.setdefault(record_group(r), {})
         n, findings = attempts.setdefault(int(r.get("attempt", 0)), (int(r["n"]), set()))
         findings.add(r.get("finding"))
     out = {}

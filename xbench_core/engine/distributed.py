@@ -8,10 +8,12 @@ are keyed by content, so a run resumes with any other number of ranks or shards.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
 from ..plugins import Registry
+from ..store import RunStore
 from .config import RunConfig
 
 
@@ -32,9 +34,28 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def launch(cfg: RunConfig, registry: Registry, *, shard: str | None, overwrite: bool, quiet: bool) -> int:
-    """Run the config on this process (single, torchrun rank, or job-array shard); print the summary."""
-    from ..cli import print_summary
+@dataclass
+class RunOutcome:
+    """What a run did, for the caller to report: its store, and the results on the aggregating
+    process (None on a job-array shard and on torchrun ranks other than 0)."""
+
+    store: RunStore
+    results: dict[str, Any] | None
+    shard: tuple[int, int] | None = None  # (i, N) of a job-array shard
+
+
+@dataclass
+class MergeOutcome:
+    """A merge of a run's shards: the results, and "dataset/model/explainer/id" of every planned
+    sample that no shard has done yet."""
+
+    store: RunStore
+    results: dict[str, Any]
+    missing: list[str] = field(default_factory=list)
+
+
+def launch(cfg: RunConfig, registry: Registry, *, shard: str | None, overwrite: bool, quiet: bool) -> RunOutcome:
+    """Run the config on this process (single, torchrun rank, or job-array shard)."""
     from .session import execute
 
     env = torchrun_env()
@@ -44,24 +65,21 @@ def launch(cfg: RunConfig, registry: Registry, *, shard: str | None, overwrite: 
         i, n = parse_shard(shard)
         store, _ = execute(cfg, registry, overwrite=overwrite, quiet=quiet, rank=i, world=n,
                            shard_name=f"{i}of{n}", aggregate_results=False)
-        if not quiet:
-            print(f"shard {i}/{n} done: {store.directory}. When every shard is done: xbench merge {store.directory}")
-        return 0
+        return RunOutcome(store, None, (i, n))
     if env is None:
         store, results = execute(cfg, registry, overwrite=overwrite, quiet=quiet)
-        if not quiet and results is not None:
-            print_summary(results, store)
-        return 0
+        return RunOutcome(store, results)
     return _launch_torchrun(cfg, registry, env, overwrite=overwrite, quiet=quiet)
 
 
-def _launch_torchrun(cfg: RunConfig, registry: Registry, env: tuple[int, int, int], *, overwrite: bool, quiet: bool) -> int:
+def _launch_torchrun(
+    cfg: RunConfig, registry: Registry, env: tuple[int, int, int], *, overwrite: bool, quiet: bool
+) -> RunOutcome:
     import datetime
 
     import torch
     import torch.distributed as dist
 
-    from ..cli import print_summary
     from .session import execute
 
     rank, world, local = env
@@ -78,42 +96,45 @@ def _launch_torchrun(cfg: RunConfig, registry: Registry, env: tuple[int, int, in
             aggregate_results=rank == 0, barrier=dist.barrier,
             progress_total=lambda n_local: n_local * world,
         )
-        if rank == 0 and not quiet and results is not None:
-            print_summary(results, store)
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    return 0
+    return RunOutcome(store, results)
 
 
-def merge(run: str, registry: Registry) -> int:
-    """Aggregate every shard of a run directory; report samples that no shard has done."""
-    from ..cli import print_summary
-    from ..store import RunStore
+def merge(run: str, registry: Registry) -> MergeOutcome:
+    """Aggregate every shard of a run directory; list the planned samples that no shard has done."""
     from .config import build_config
+    from .plan import plan_dataset, planned_pairs
     from .session import rebuild_results
 
     store = RunStore(run)
-    manifest = store.read_manifest()
+    manifest = _with_shard_infos(store)
     results = rebuild_results(store, registry)
     cfg = build_config(_config_data(manifest["config"]), registry)
+    pairs = planned_pairs([m.name for m in cfg.models], cfg.explainers, manifest.get("skipped_explainers", []))
     done = store.completed()
     missing: list[str] = []
     for comp in cfg.datasets:
         dataset = registry.datasets[comp.name].build(**comp.options)
-        ids = sorted(dataset.ids())
-        if cfg.limit is not None:
-            ids = ids[: cfg.limit]
-        for m in cfg.models:
-            for e in cfg.explainers:
-                missing += [f"{comp.name}/{m.name}/{e}/{i}" for i in ids if (comp.name, i, m.name, e) not in done]
-    print_summary(results, store)
-    if missing:
-        print(f"{len(missing)} samples have no records yet (first 20):")
-        for line in missing[:20]:
-            print(f"  {line}")
-        return 1
-    return 0
+        plan = plan_dataset(comp.name, comp.options.get("split"), dataset.ids(), cfg.limit, pairs)
+        missing += [f"{comp.name}/{m}/{e}/{plan.ids[i]}" for i, (m, e) in plan.missing(done)]
+    return MergeOutcome(store, results, missing)
+
+
+def _with_shard_infos(store: RunStore) -> dict[str, Any]:
+    """The manifest, completed with what the job-array shards built (models, skipped explainers)."""
+    manifest = store.read_manifest()
+    infos = store.shard_infos()
+    if not infos:
+        return manifest
+    for key in ("models", "datasets"):
+        manifest[key] = {k: v for info in infos for k, v in info.get(key, {}).items()} | manifest.get(key, {})
+    skipped = manifest.get("skipped_explainers", []) + [s for info in infos for s in info.get("skipped_explainers", [])]
+    manifest["skipped_explainers"] = list({(s["model"], s["explainer"]): s for s in skipped}.values())
+    manifest.setdefault("finished", max(info.get("finished", "") for info in infos))
+    store.write_json(store.manifest_path, manifest)
+    return manifest
 
 
 def _config_data(config: dict[str, Any]) -> dict[str, Any]:

@@ -21,9 +21,11 @@ import numpy as np
 
 from ..errors import ConfigError, MapError, XBenchError
 from ..plugins import Registry
+from ..schema import Record, make_record
 from ..store import RunStore
 from .config import RunConfig
 from .device import autocast, resolve_device
+from .plan import DatasetPlan, plan_dataset
 
 
 @dataclass
@@ -35,6 +37,9 @@ class ModelRun:
     spec: Any
     explainers: list[tuple[str, Any, Any]]  # (name, explainer, spec)
     skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+Where = tuple[str, Any]  # (dataset name, split) of the records being written
 
 
 def eval_size(shape: Sequence[int], cap: int | None) -> tuple[int, int]:
@@ -144,22 +149,10 @@ class Runner:
             runs.append(ModelRun(comp.name, model, spec, explainers, skipped))
         return runs
 
-    def plan(self, dataset: Any, models: list[ModelRun]) -> tuple[list[int], list[str]]:
-        """Indices of this rank's samples (sorted by id, limited, sharded) that are not done yet."""
-        ids = dataset.ids()
-        order = sorted(range(len(ids)), key=lambda i: ids[i])
-        if self.cfg.limit is not None:
-            order = order[: self.cfg.limit]
-        mine = [i for pos, i in enumerate(order) if pos % self.world == self.rank]
-        done = self.store.completed()
-        todo = [
-            i
-            for i in mine
-            if any(
-                (dataset.name, ids[i], m.name, e[0]) not in done for m in models for e in m.explainers
-            )
-        ]
-        return todo, [ids[i] for i in order]
+    def plan(self, dataset: Any, split: Any, models: list[ModelRun]) -> DatasetPlan:
+        """The run's samples of `dataset` and the (model, explainer) pairs that run on them."""
+        pairs = [(m.name, e[0]) for m in models for e in m.explainers]
+        return plan_dataset(dataset.name, split, dataset.ids(), self.cfg.limit, pairs)
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -178,9 +171,10 @@ class Runner:
             unsupported = {m.name: [f for f in dataset.findings if not m.model.supports(f)] for m in models}
             with torch.inference_mode():
                 queries = {m.name: m.model.encode_queries(findings[m.name]) for m in models}
-            todo, all_ids = self.plan(dataset, models)
+            plan = self.plan(dataset, comp.options.get("split"), models)
+            todo = plan.todo(self.store.completed(), self.rank, self.world)
             self.info["datasets"][comp.name] = {
-                "images": len(all_ids),
+                "images": len(plan.order),
                 "unsupported": {k: v for k, v in unsupported.items() if v},
                 "problems": len(getattr(dataset, "problems", [])),
             }
@@ -222,6 +216,7 @@ class Runner:
     ) -> None:
         from tqdm import tqdm
 
+        where = (dataset.name, comp.options.get("split"))
         bar = tqdm(
             total=len(todo) if self.progress_total is None else self.progress_total(len(todo)),
             desc=f"{dataset.name} [{', '.join(m.name for m in models)}]",
@@ -232,24 +227,24 @@ class Runner:
         try:
             for batch in self._loader(dataset, models, todo, comp):
                 for m in models:
-                    self._model_batch(dataset.name, m, findings[m.name], queries[m.name], batch)
+                    self._model_batch(where, m, findings[m.name], queries[m.name], batch)
                 bar.update(len(batch) * (self.world if self.progress_total is not None else 1))
         finally:
             bar.close()
 
     def _model_batch(
-        self, dataset: str, m: ModelRun, findings: list[str], queries: Any, batch: list[dict[str, Any]]
+        self, where: Where, m: ModelRun, findings: list[str], queries: Any, batch: list[dict[str, Any]]
     ) -> None:
         good = [it for it in batch if "error" not in it and m.name not in it["model_errors"]]
         for it in batch:
             if it not in good:
                 reason = it.get("error") or it["model_errors"][m.name]
-                self._fail(dataset, m, it["id"], None, reason, n=1)
+                self._fail(where, m, it["id"], reason)
         if not good:
             return
         if not findings:  # the model supports none of the dataset's findings: mark the samples seen
             for ename, _, _ in m.explainers:
-                self._records(dataset, m, ename, [], good, np.zeros((len(good), 0)), None)
+                self._records(where, m, ename, [], good, np.zeros((len(good), 0)), None)
             return
         start = 0
         while start < len(good):
@@ -257,7 +252,7 @@ class Runner:
             limit = self.info["models"][m.name].get("batch_size", len(good))
             size = min(limit, len(good) - start)
             try:
-                self._model_part(dataset, m, findings, queries, good[start : start + size])
+                self._model_part(where, m, findings, queries, good[start : start + size])
             except _OutOfMemory:
                 self._free_memory()
                 self.info["models"][m.name]["batch_size"] = size // 2  # and the same images again
@@ -265,7 +260,7 @@ class Runner:
             start += size
 
     def _model_part(
-        self, dataset: str, m: ModelRun, findings: list[str], queries: Any, good: list[dict[str, Any]]
+        self, where: Where, m: ModelRun, findings: list[str], queries: Any, good: list[dict[str, Any]]
     ) -> None:
         """One forward pass, every explainer and the records of `good`; out-of-memory with
         `batch_size: auto` and more than one image raises _OutOfMemory (the caller halves)."""
@@ -282,7 +277,7 @@ class Runner:
             if self.cfg.fail_fast:
                 raise
             for it in good:
-                self._fail(dataset, m, it["id"], None, f"forward failed: {_reason(exc, len(good))}", n=1)
+                self._fail(where, m, it["id"], f"forward failed: {_reason(exc, len(good))}")
             return
         for ename, explainer, espec in m.explainers:
             try:
@@ -298,9 +293,9 @@ class Runner:
                 if self.cfg.fail_fast:
                     raise
                 for it in good:
-                    self._fail(dataset, m, it["id"], None, f"explainer {ename} failed: {_reason(exc, len(good))}", n=1, explainer=ename)
+                    self._fail(where, m, it["id"], f"explainer {ename} failed: {_reason(exc, len(good))}", explainer=ename)
                 continue
-            self._records(dataset, m, ename, findings, good, scores, maps)
+            self._records(where, m, ename, findings, good, scores, maps)
 
     def _raise_if_retry(self, exc: BaseException, images: int) -> None:
         if self.cfg.auto_batch and images > 1 and _is_out_of_memory(exc):
@@ -319,7 +314,7 @@ class Runner:
 
     def _records(
         self,
-        dataset: str,
+        where: Where,
         m: ModelRun,
         explainer: str,
         findings: list[str],
@@ -331,7 +326,8 @@ class Runner:
 
         from ..grounding import evaluate_maps
 
-        records: list[dict[str, Any]] = []
+        dataset, split = where
+        records: list[Record] = []
         saved: dict[str, Any] = {}
         for b, it in enumerate(items):
             known = [(j, f) for j, f in enumerate(findings) if it["labels"].get(f) is not None]
@@ -358,47 +354,25 @@ class Runner:
                     else:
                         rows[f]["stats"] = st
             for f, row in rows.items():
-                records.append(
-                    {
-                        "dataset": dataset,
-                        "id": it["id"],
-                        "model": m.name,
-                        "explainer": explainer,
-                        "finding": f,
-                        "n": len(rows),
-                        **row,
-                        "stats": row.get("stats"),
-                        "error": row.get("error"),
-                    }
-                )
+                records.append(make_record(dataset, split, it["id"], m.name, explainer, f, len(rows), **row))
                 if row.get("error"):
                     self.info["errors"] += 1
                     if self.cfg.fail_fast:
                         self.store.append(dataset, m.name, explainer, self.shard, records)
                         raise XBenchError(f"{dataset}/{it['id']}/{f}: {row['error']} (--fail-fast)")
             if not rows:  # nothing known for this model: record that the sample was seen
-                records.append(
-                    {"dataset": dataset, "id": it["id"], "model": m.name, "explainer": explainer,
-                     "finding": None, "n": 1, "label": None, "score": None, "stats": None, "error": None}
-                )
+                records.append(make_record(dataset, split, it["id"], m.name, explainer, None, 1))
         self.store.append(dataset, m.name, explainer, self.shard, records)
         if saved:
             self.store.save_maps(dataset, m.name, explainer, self.shard, saved)
 
-    def _fail(
-        self, dataset: str, m: ModelRun, sample_id: str, finding: str | None, reason: str, n: int, explainer: str | None = None
-    ) -> None:
+    def _fail(self, where: Where, m: ModelRun, sample_id: str, reason: str, explainer: str | None = None) -> None:
+        """The sample failed as a whole for this model (all its explainers, or one)."""
+        dataset, split = where
         self.info["errors"] += 1
-        names = [explainer] if explainer else [e[0] for e in m.explainers]
-        for ename in names:
-            self.store.append(
-                dataset,
-                m.name,
-                ename,
-                self.shard,
-                [{"dataset": dataset, "id": sample_id, "model": m.name, "explainer": ename,
-                  "finding": finding, "n": n, "label": None, "score": None, "stats": None, "error": reason}],
-            )
+        for ename in [explainer] if explainer else [e[0] for e in m.explainers]:
+            record = make_record(dataset, split, sample_id, m.name, ename, None, 1, error=reason)
+            self.store.append(dataset, m.name, ename, self.shard, [record])
         if self.cfg.fail_fast:
             raise XBenchError(f"{dataset}/{sample_id}: {reason} (--fail-fast)")
 
@@ -446,7 +420,13 @@ def check_identity(store: RunStore, cfg: RunConfig, overwrite: bool) -> None:
     """A run directory is resumed only with the same evaluation identity."""
     if not store.manifest_path.exists() or overwrite:
         return
-    old = store.read_manifest().get("identity")
+    manifest = store.read_manifest()
+    if manifest.get("schema") is None and store.shard_files():
+        raise ConfigError(
+            f"{store.directory} was written by an older XBench (records without their split): "
+            "`xbench report` reads it, but it cannot be resumed; pass --out NEW_DIR or --overwrite"
+        )
+    old = manifest.get("identity")
     if old is not None and old != _jsonable(cfg.evaluation_identity()):
         raise ConfigError(
             f"{store.directory} holds a run with a different configuration; "

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..plugins import Registry
+from ..schema import MEAN, SCHEMA_VERSION, assemble_results
 from ..store import RunStore
 from .config import RunConfig, default_out
 from .runner import Runner, _jsonable, check_identity
@@ -44,11 +45,6 @@ def versions(registry: Registry) -> dict[str, Any]:
     }
 
 
-def metric_functions(registry: Registry, names: list[str] | None) -> dict[str, Any]:
-    chosen = names if names is not None else list(registry.metrics)
-    return {n: registry.metrics[n].build() for n in chosen}
-
-
 def execute(
     cfg: RunConfig,
     registry: Registry,
@@ -75,6 +71,7 @@ def execute(
         barrier()
     manifest: dict[str, Any] = {
         "xbench": versions(registry)["plugins"].get("xbench"),
+        "schema": SCHEMA_VERSION,
         "config": _jsonable(cfg.as_dict()),
         "identity": _jsonable(cfg.evaluation_identity()),
         "versions": versions(registry),
@@ -98,6 +95,10 @@ def execute(
     if barrier is not None:
         barrier()
     if not aggregate_results:
+        if barrier is None:  # a job-array shard: what it built, for `xbench merge`
+            store.write_shard_info(shard_name or str(rank), _jsonable(
+                {"models": info["models"], "datasets": info["datasets"], "skipped_explainers": info["skipped"],
+                 "finished": _now()}))
         return store, None
     manifest.update(
         {
@@ -115,34 +116,19 @@ def execute(
 
 def rebuild_results(store: RunStore, registry: Registry, *, metrics: list[str] | None = None) -> dict[str, Any]:
     """Aggregate the records of a run directory into results.json (written) and return it."""
-    from ..metrics.aggregate import aggregate
-    from ..metrics.analysis import AnalysisOptions, split_resolver
+    from ..metrics.analysis import split_resolver
 
     manifest = store.read_manifest()
     cfg = manifest.get("config", {})
-    names = metrics if metrics is not None else cfg.get("metrics")
-    fns = metric_functions(registry, names)
-    fixed = float(cfg.get("grounding", {}).get("fixed_threshold", 0.5))
     split_of, warnings = split_resolver(cfg, registry)
-    body = aggregate(
-        store.records(), fns, fixed_threshold=fixed, kinds={n: registry.metrics[n].kind for n in fns},
-        options=AnalysisOptions.from_config(cfg), split_of=split_of,
+    results = assemble_results(
+        store.records(), registry, cfg, source={"run": str(store.directory)}, models=manifest.get("models", {}),
+        skipped=manifest.get("skipped_explainers", []), xbench=manifest.get("xbench"),
+        versions=manifest.get("versions"), metrics=metrics if metrics is not None else cfg.get("metrics"),
+        split_of=split_of, warnings=warnings,
     )
-    body["analysis"]["warnings"] = warnings
-    models = manifest.get("models", {})
-    results = {
-        "xbench": manifest.get("xbench"),
-        "created": _now(),
-        "run": str(store.directory),
-        "config": cfg,
-        "versions": manifest.get("versions"),
-        "random_weights": sorted(k for k, v in models.items() if v.get("random_weights")),
-        "model_notes": {k: v["note"] for k, v in models.items() if v.get("note")},
-        "skipped_explainers": manifest.get("skipped_explainers", []),
-        **body,
-    }
     store.write_json(store.results_path, results)
-    return results
+    return dict(results)
 
 
 class _RunView:
@@ -165,7 +151,7 @@ def format_table(results: dict[str, Any], per_finding: bool = True) -> str:
     """A plain-text table of the headline metrics."""
     cols = [("pointing_game", "PG"), ("dice_fixed", "Dice@.5"), ("dice_best", "Dice*"),
             ("iou_fixed", "IoU@.5"), ("iou_best", "IoU*"), ("auroc", "AUROC"), ("f1", "F1")]
-    rows = [r for r in results["rows"] if per_finding or r["finding"] == "__mean__"]
+    rows = [r for r in results["rows"] if per_finding or r["finding"] == MEAN]
     if not rows:
         return "(no results)"
     flagged = set(results.get("random_weights", []))
@@ -173,7 +159,7 @@ def format_table(results: dict[str, Any], per_finding: bool = True) -> str:
     body = []
     for r in rows:
         model = r["model"] + (" (random weights)" if r["model"] in flagged else "")
-        cells = [r["dataset"], model, r["explainer"], "MEAN" if r["finding"] == "__mean__" else r["finding"],
+        cells = [r["dataset"], model, r["explainer"], "MEAN" if r["finding"] == MEAN else r["finding"],
                  str(r.get("n_regions", ""))]
         cells += ["-" if r.get(k) is None else f"{r[k]:.3f}" for k, _ in cols]
         body.append(cells)

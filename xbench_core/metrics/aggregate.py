@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..grounding import N_THRESHOLDS
+from ..schema import MEAN
 from .analysis import (
     AnalysisOptions,
     FindingAnalysis,
@@ -25,7 +26,6 @@ from .bootstrap import single_threaded_blas
 from .builtin import best_threshold_index
 from .data import FindingData, Undefined, as_json_value
 
-MEAN = "__mean__"
 ROW_FIELDS = (
     "pointing_game",
     "ebpg",

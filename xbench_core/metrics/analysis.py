@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from ..schema import MEAN
 from . import bootstrap as bs
 from .data import FindingData, Undefined, as_json_value
 
 VAL_SPLITS = ("val", "valid", "validation", "dev")
 TEST_SPLITS = ("test",)
-MEAN = "__mean__"
 GROUNDING_CI = (
     "pointing_game", "ebpg", "dice_fixed", "iou_fixed", "dice_best", "iou_best", "calibration_gap",
     "dice_crossval", "iou_crossval", "dice_val", "iou_val",

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .tables import MEAN, DatasetKey, dataset_keys, dataset_label, dataset_slug, finding_label
+from ..schema import MEAN
+from .tables import DatasetKey, dataset_keys, dataset_label, dataset_slug, finding_label
 
 DPI = 100
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from ..schema import MEAN
 from .figures import FigureFile, new_figure, save
 from .sources import GroupKey, Merged, RunSource
-from .tables import MEAN, dataset_keys, dataset_label, dataset_slug, finding_label
+from .tables import dataset_keys, dataset_label, dataset_slug, finding_label
 
 FRAME = 256
 PER_FINDING = 3

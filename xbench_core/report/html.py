@@ -12,10 +12,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from ..schema import MEAN
 from .figures import FigureFile
 from .paper import PAPER_SECTION
 from .tables import (
-    MEAN,
     Table,
     dataset_keys,
     dataset_label,

@@ -9,7 +9,6 @@ run whose results were created last wins, and the report says so.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -77,9 +76,8 @@ def merge_sources(sources: list[RunSource], registry: Any) -> Merged:
     if len(sources) == 1:
         src = sources[0]
         return Merged(src.results, sources, {_row_key(r): src for r in src.results.get("rows", [])}, [])
-    from ..engine.session import metric_functions
-    from ..metrics.aggregate import aggregate
-    from ..metrics.analysis import AnalysisOptions, split_resolver
+    from ..metrics.analysis import split_resolver
+    from ..schema import assemble_results
 
     tagged: dict[GroupKey, dict[int, list[dict[str, Any]]]] = defaultdict(dict)
     warnings: list[str] = []
@@ -108,33 +106,21 @@ def merge_sources(sources: list[RunSource], registry: Any) -> Merged:
     configured = [s.config.get("metrics") for s in sources]
     if all(c is not None for c in configured):
         names = sorted({m for c in configured for m in (c or [])})
-    fns = metric_functions(registry, names)
     fixed = {float((s.config.get("grounding") or {}).get("fixed_threshold", 0.5)) for s in sources}
     if len(fixed) > 1:
         warnings.append(f"the runs use different fixed thresholds {sorted(fixed)}; the first run's is used")
-    body = aggregate(
-        records, fns, fixed_threshold=float((first.get("grounding") or {}).get("fixed_threshold", 0.5)),
-        kinds={n: registry.metrics[n].kind for n in fns}, options=AnalysisOptions.from_config(first),
-        split_of=lambda r: r.get("split"),
-    )
-    body["analysis"]["warnings"] = warnings
     chosen = {id(s): s for s in origin.values()}.values()
     models: dict[str, Any] = {}
     for s in chosen:
         models.update(s.manifest.get("models", {}))
-    results = {
-        "xbench": sources[-1].results.get("xbench"),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "runs": [str(s.path) for s in sources],
-        "merged_from": {"runs": [{"run": str(s.path), "created": s.created} for s in sources], "replaced": notes},
-        "config": first,
-        "versions": {str(s.path): s.manifest.get("versions") for s in sources},
-        "random_weights": sorted(k for k, v in models.items() if v.get("random_weights")),
-        "model_notes": {k: v["note"] for k, v in models.items() if v.get("note")},
-        "skipped_explainers": [e for s in chosen for e in s.manifest.get("skipped_explainers", [])],
-        **body,
-    }
-    return Merged(results, sources, origin, notes)
+    results = assemble_results(
+        records, registry, first, metrics=names, split_of=lambda r: r.get("split"), warnings=warnings,
+        source={"runs": [str(s.path) for s in sources],
+                "merged_from": {"runs": [{"run": str(s.path), "created": s.created} for s in sources], "replaced": notes}},
+        models=models, skipped=[e for s in chosen for e in s.manifest.get("skipped_explainers", [])],
+        xbench=sources[-1].results.get("xbench"), versions={str(s.path): s.manifest.get("versions") for s in sources},
+    )
+    return Merged(dict(results), sources, origin, notes)
 
 
 def _label(key: GroupKey) -> str:

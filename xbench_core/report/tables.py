@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..findings import BY_ID
+from ..schema import MEAN
 
-MEAN = "__mean__"
 DatasetKey = tuple[str, Any]  # dataset, split
 
 
