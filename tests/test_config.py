@@ -154,10 +154,10 @@ def test_set_options_are_validated_against_the_component(registry):
 
 
 def test_set_with_an_unknown_name(registry):
-    with pytest.raises(ConfigError, match=r"--set names 'phantm'.*did you mean 'phantom'\?.*this run has: center, phantom, random"):
+    with pytest.raises(ConfigError, match=r"--set names 'phantm'.*did you mean 'phantom'\?.*this run has: center, native, phantom, random"):
         build_config({}, registry, sets=["phantm.size=3"])
     # a component that exists but is not in this run is not accepted either
-    with pytest.raises(ConfigError, match="'center', which is not a dataset or model of this run"):
+    with pytest.raises(ConfigError, match="'center', which is not a dataset, model or explainer of this run"):
         build_config({"models": ["random"]}, registry, sets=["center.sigma=0.1"])
 
 

@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--explainers", help="comma-separated explainer names (default native)")
     r.add_argument("--metrics", help="comma-separated metric names (default all)")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME.KEY=VALUE",
-                   help="set an option of a dataset or model, e.g. medklip.checkpoint=/w/ckpt.pth")
+                   help="set an option of a dataset, model or explainer, e.g. medklip.checkpoint=/w/ckpt.pth")
     r.add_argument("--out", help="run directory (default runs/<datasets>__<models>)")
     r.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     r.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
@@ -125,7 +125,7 @@ def _split(text: str | None) -> list[dict[str, Any]] | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .engine.config import build_config, parse_set
+    from .engine.config import build_config, parse_set, split_names
     from .engine.distributed import launch
     from .presets import load_config, resolve_all
 
@@ -135,9 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         data["datasets"] = _merge_components(data.get("datasets"), _split(args.datasets))
     if args.models:
         data["models"] = _merge_components(data.get("models"), _split(args.models))
+    if args.explainers:
+        data["explainers"] = _merge_components(split_names(data.get("explainers")), _split(args.explainers))
     data = resolve_all(data, parse_set(args.sets))
     overrides = {
-        "explainers": args.explainers,
         "metrics": args.metrics,
         "out": args.out,
         "device": args.device,
@@ -186,7 +187,7 @@ def _report_after_run(cfg: Any, registry: Any, *, quiet: bool) -> None:
 
 
 def _merge_components(existing: Any, chosen: list[dict[str, Any]] | None) -> Any:
-    """--datasets/--models select by name; options of the same names in the config are kept."""
+    """--datasets/--models/--explainers select by name; options of the same names in the config are kept."""
     if not chosen:
         return existing
     known = {}

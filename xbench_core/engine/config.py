@@ -22,7 +22,7 @@ TOP_LEVEL = {
     "seed": "seed recorded in the manifest and given to seeded components",
     "datasets": "list of {name, root, split, ...options}",
     "models": "list of {name, checkpoint, text_encoder, ...options}",
-    "explainers": "list of explainer names (default [native])",
+    "explainers": "list of explainer names or {name, ...options} (default [native])",
     "metrics": "list of metric names (default: all installed)",
     "grounding": "{fixed_threshold, eval_size, strata}",
     "save_maps": "keep input-frame maps in the run directory (default true)",
@@ -50,6 +50,7 @@ class RunConfig:
     datasets: list[Component]
     models: list[Component]
     explainers: list[str] = field(default_factory=lambda: ["native"])
+    explainer_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # validated, per explainer
     metrics: list[str] | None = None
     out: str | None = None
     device: str = "auto"
@@ -73,10 +74,15 @@ class RunConfig:
             "models": [{"name": m.name, **m.options} for m in self.models],
             "fixed_threshold": self.fixed_threshold,
             "eval_size": self.eval_size,
+            # explainers with options (those without keep the identities of runs made before options)
+            **({"explainers": explainers} if (explainers := self._explainer_options()) else {}),
             # images downscaled by the cache are what the models see
             **({"image_max_side": self.image_cache.max_side}
                if self.image_cache is not None and self.image_cache.max_side is not None else {}),
         }
+
+    def _explainer_options(self) -> dict[str, dict[str, Any]]:
+        return {e: self.explainer_options[e] for e in self.explainers if self.explainer_options.get(e)}
 
     def as_dict(self) -> dict[str, Any]:
         grounding: dict[str, Any] = {"fixed_threshold": self.fixed_threshold, "eval_size": self.eval_size}
@@ -92,7 +98,8 @@ class RunConfig:
             "seed": self.seed,
             "datasets": [{"name": d.name, **d.options} for d in self.datasets],
             "models": [{"name": m.name, **m.options} for m in self.models],
-            "explainers": list(self.explainers),
+            "explainers": [{"name": e, **self.explainer_options[e]} if self.explainer_options.get(e) else e
+                           for e in self.explainers],
             "metrics": self.metrics,
             "grounding": grounding,
             "save_maps": self.save_maps,
@@ -136,6 +143,11 @@ def _components(raw: Any, kind: str) -> list[dict[str, Any]]:
     return out
 
 
+def split_names(raw: Any) -> Any:
+    """A comma-separated string of names as a list (other values as they are)."""
+    return [n.strip() for n in raw.split(",") if n.strip()] if isinstance(raw, str) else raw
+
+
 def parse_set(assignments: list[str]) -> dict[str, dict[str, Any]]:
     """`NAME.KEY=VALUE` strings -> {NAME: {KEY: VALUE}} (values parsed as YAML scalars)."""
     import yaml
@@ -173,15 +185,13 @@ def build_config(
             data[key] = value
     datasets = _components(data.get("datasets"), "datasets") or [{"name": "phantom"}]
     models = _components(data.get("models"), "models") or [{"name": "random"}, {"name": "center"}]
-    explainers = data.get("explainers") or ["native"]
-    if isinstance(explainers, str):
-        explainers = [e.strip() for e in explainers.split(",") if e.strip()]
+    explainers = _components(split_names(data.get("explainers")) or ["native"], "explainers")
     set_options = parse_set(sets or [])
-    names = {d["name"] for d in datasets} | {m["name"] for m in models}
+    names = {d["name"] for d in datasets} | {m["name"] for m in models} | {e["name"] for e in explainers}
     for name in set_options:
         if name not in names:
             raise ConfigError(
-                f"--set names {name!r}, which is not a dataset or model of this run"
+                f"--set names {name!r}, which is not a dataset, model or explainer of this run"
                 f"{_suggest(name, sorted(names))} (this run has: {', '.join(sorted(names))})"
             )
 
@@ -195,9 +205,11 @@ def build_config(
         return out
 
     cfg = RunConfig(datasets=resolve("datasets", datasets), models=resolve("models", models))
-    for e in explainers:
-        registry.get("explainers", e)
-    cfg.explainers = list(dict.fromkeys(explainers))
+    for e in resolve("explainers", explainers):
+        if cfg.explainer_options.get(e.name, e.options) != e.options:
+            raise ConfigError(f"explainer {e.name!r} is listed twice with different options; a run has each explainer once")
+        cfg.explainer_options[e.name] = e.options
+    cfg.explainers = list(cfg.explainer_options)
     metrics = data.get("metrics")
     if metrics is not None:
         if isinstance(metrics, str):

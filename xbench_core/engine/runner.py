@@ -137,7 +137,7 @@ class Runner:
                     reason = f"{comp.name} lacks {', '.join(sorted(missing))}"
                     skipped.append({"model": comp.name, "explainer": ename, "reason": reason})
                     continue
-                explainers.append((ename, espec.build(), espec))
+                explainers.append((ename, espec.build(**self.cfg.explainer_options.get(ename, {})), espec))
             self.info["models"][comp.name] = {
                 "random_weights": bool(getattr(model, "random_weights", False)),
                 "map_kind": getattr(model, "map_kind", spec.map_kind),
@@ -427,11 +427,19 @@ def check_identity(store: RunStore, cfg: RunConfig, overwrite: bool) -> None:
             "`xbench report` reads it, but it cannot be resumed; pass --out NEW_DIR or --overwrite"
         )
     old = manifest.get("identity")
-    if old is not None and old != _jsonable(cfg.evaluation_identity()):
+    if old is not None and not _same_evaluation(old, _jsonable(cfg.evaluation_identity())):
         raise ConfigError(
             f"{store.directory} holds a run with a different configuration; "
             "pass --out NEW_DIR for a new run, or --overwrite to replace it"
         )
+
+
+def _same_evaluation(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Identities agree; explainers are compared only where both runs have them (a run directory
+    takes more explainers later)."""
+    old_e, new_e = old.get("explainers", {}), new.get("explainers", {})
+    rest = lambda identity: {k: v for k, v in identity.items() if k != "explainers"}  # noqa: E731
+    return rest(old) == rest(new) and all(old_e[e] == new_e[e] for e in old_e.keys() & new_e.keys())
 
 
 def _jsonable(obj: Any) -> Any:

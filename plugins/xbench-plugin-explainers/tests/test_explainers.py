@@ -499,11 +499,14 @@ def test_xbench_run_skips_gradcam_on_the_baselines_and_runs_rise(tmp_path: Path)
         "random,center",
         "--explainers",
         "native,gradcam,rise",
+        "--set",
+        "rise.masks=40",
         *TINY,
         "--out",
         str(out),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    rise = {"name": "rise", "masks": 40, "cells": 7, "p": 0.5, "batch": 50, "seed": 0, "grid": "native"}
     for model in ("random", "center"):
         line = f"skipped explainer gradcam for {model}: {model} lacks feature_layer, logits"
         assert line in proc.stdout
@@ -514,6 +517,8 @@ def test_xbench_run_skips_gradcam_on_the_baselines_and_runs_rise(tmp_path: Path)
     manifest = json.loads((out / "manifest.json").read_text())
     results = json.loads((out / "results.json").read_text())
     assert manifest["skipped_explainers"] == expected
+    assert manifest["config"]["explainers"] == ["native", "gradcam", rise]
+    assert manifest["identity"]["explainers"] == {"rise": {k: v for k, v in rise.items() if k != "name"}}
     assert results["skipped_explainers"] == expected
     assert not results["errors"]
     ran = {(r["model"], r["explainer"]) for r in results["rows"]}
