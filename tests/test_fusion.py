@@ -21,7 +21,7 @@ from xbench_core import (  # noqa: E402
     init_normal_weights,
     write_tiny_text_encoder,
 )
-from xbench_core.testing import save_official_checkpoint  # noqa: E402
+from xbench_core.testing import encode_queries, save_official_checkpoint  # noqa: E402
 
 
 def test_decoder_keys_and_per_layer_attention() -> None:
@@ -116,8 +116,8 @@ def test_entity_query_model(tmp_path, monkeypatch) -> None:
     with pytest.raises(UnsupportedFinding, match="Toy has no entity for covid19"):
         model.encode_queries(["pneumonia", "covid19"])
     pixels = torch.randn(2, 3, 16, 16)
+    queries = encode_queries(model, ["pneumonia", "fibrosis"])  # as the engine does
     with torch.inference_mode():
-        queries = model.encode_queries(["pneumonia", "fibrosis"])
         out = model.forward(pixels, queries)
         logits, attention, _ = model.module(pixels, 75)
     rows = [20, MEDKLIP_ENTITIES.index("tail_abnorm_obs")]
@@ -125,7 +125,7 @@ def test_entity_query_model(tmp_path, monkeypatch) -> None:
     torch.testing.assert_close(out.scores, logits.softmax(-1)[:, rows, 1])
     maps = attention[-1][:, rows].reshape(2, 2, 4, 4)
     torch.testing.assert_close(out.maps["cross_attention"], maps)
-    difference = model.logits(pixels, queries)  # queries from inference mode, with gradients
+    difference = model.logits(pixels, queries)  # the engine's queries, with gradients
     difference.sum().backward()
     torch.testing.assert_close(torch.sigmoid(difference.detach()), out.scores)
     assert model.feature_layer().module is model.module.backbone

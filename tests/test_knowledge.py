@@ -22,7 +22,7 @@ from xbench_core import (  # noqa: E402
     squash_bicubic_8bit,
 )
 from xbench_core.blocks.knowledge import D_MODEL, resolve_text_config_folder  # noqa: E402
-from xbench_core.testing import realdata, write_bert_folder  # noqa: E402
+from xbench_core.testing import encode_queries, realdata, write_bert_folder  # noqa: E402
 
 
 # ---- preprocessing --------------------------------------------------------------------------------
@@ -184,9 +184,8 @@ def test_map_is_last_or_mean_cross_attention_and_score_is_softmax(toy):
     )
     torch.testing.assert_close(maps.sum((-2, -1)), torch.ones(2, 3))
     torch.testing.assert_close(last.scores, torch.softmax(logits, -1)[..., 1])
-    with torch.inference_mode():
-        cached = toy.encode_queries(["pneumonia", "nodule", "edema"])
-    differentiable = toy.logits(pixels.requires_grad_(True), cached)  # inference queries copied
+    cached = encode_queries(toy, ["pneumonia", "nodule", "edema"])  # as the engine does
+    differentiable = toy.logits(pixels.requires_grad_(True), cached)
     (grad,) = torch.autograd.grad(differentiable.sum(), pixels)
     assert float(grad.abs().sum()) > 0
     torch.testing.assert_close(torch.sigmoid(differentiable.detach()), last.scores)

@@ -26,6 +26,7 @@ from xbench_core import (  # noqa: E402
     strip_open_clip_schema,
 )
 from xbench_core.findings import FINDINGS  # noqa: E402
+from xbench_core.testing import encode_queries  # noqa: E402
 
 
 def text_embedding(prompt: str) -> torch.Tensor:
@@ -111,8 +112,8 @@ def test_phrase_table_covers_the_vocabulary():
 def test_scores_maps_and_logits_by_hand():
     toy = Toy()
     pixels = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():  # as the engine encodes queries
-        q = toy.encode_queries(["pneumonia", "mass"])
+    q = encode_queries(toy, ["pneumonia", "mass"])  # as the engine does
+    with torch.inference_mode():
         out = toy.forward(pixels, q)
     grid = torch.cat([pixels, pixels[:, :1]], dim=1)
     image = F.normalize(grid.mean(dim=(2, 3)), dim=-1)
@@ -127,7 +128,7 @@ def test_scores_maps_and_logits_by_hand():
         half = toy.forward(pixels, q)
     assert half.scores.dtype == half.maps["similarity"].dtype == torch.float32
     torch.testing.assert_close(half.scores, out.scores, rtol=0, atol=0)
-    # logits: differentiable although the queries are inference tensors; the score is the sigmoid
+    # logits: differentiable with the engine's queries; the score is the sigmoid
     x = pixels.clone().requires_grad_(True)
     logits = toy.logits(x, q)
     logits[:, 1].sum().backward()

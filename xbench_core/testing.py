@@ -13,6 +13,9 @@ A plugin's tests subclass a suite and provide one fixture:
 
 `ModelPluginTests` wants a `model` fixture (random weights, CPU), `ExplainerPluginTests` an
 `explainer` and a `model`, `MetricPluginTests` a `metric`.
+
+The suites call plugins exactly as `xbench run` does, through `encode_queries`, `forward` and
+`explain` (re-exported here from the engine): use them in a plugin's own tests too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pytest
 
 from .blocks.text import generated_vocabulary, write_bert_folder
 from .dataset import Dataset
+from .engine.calls import encode_queries, explain, forward
 from .findings import BY_ID
 from .geometry import Geometry
 from .inspect import inspect_dataset
@@ -48,6 +52,9 @@ __all__ = [
     "reference",
     "get_registry",
     "inspect_dataset",
+    "encode_queries",
+    "forward",
+    "explain",
 ]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -205,9 +212,8 @@ class ModelPluginTests:
 
         findings = self._supported(model)
         pixels, _ = self._batch(model, 2)
-        with torch.inference_mode():
-            queries = model.encode_queries(findings)
-            out = model.forward(pixels, queries)
+        queries = encode_queries(model, findings)
+        out = forward(model, pixels, queries)
         assert tuple(out.scores.shape) == (2, len(findings))
         assert float(out.scores.min()) >= 0.0 and float(out.scores.max()) <= 1.0
         assert out.maps, "no native map"
@@ -220,11 +226,10 @@ class ModelPluginTests:
 
         findings = self._supported(model)
         pixels, _ = self._batch(model, 3)
-        with torch.inference_mode():
-            queries = model.encode_queries(findings)
-            whole = model.forward(pixels, queries)
-            again = model.forward(pixels, queries)
-            first = model.forward(pixels[:1], queries)
+        queries = encode_queries(model, findings)
+        whole = forward(model, pixels, queries)
+        again = forward(model, pixels, queries)
+        first = forward(model, pixels[:1], queries)
         torch.testing.assert_close(whole.scores, again.scores)
         torch.testing.assert_close(whole.scores[:1], first.scores, rtol=1e-4, atol=1e-5)
         for kind in whole.maps:
@@ -258,10 +263,9 @@ class ExplainerPluginTests:
         pixels = torch.stack(
             [torch.as_tensor(model.preprocess(rng.random((64, 64), dtype=np.float32))[0]) for _ in range(2)]
         )
-        queries = model.encode_queries(findings)
-        with torch.inference_mode():
-            out = model.forward(pixels, queries)
-        maps = explainer.explain(model, pixels, queries, out)
+        queries = encode_queries(model, findings)
+        out = forward(model, pixels, queries)
+        maps = explain(explainer, get_registry().explainers[self.name].needs_grad, model, pixels, queries, out)
         assert maps.shape[:2] == (2, len(findings)) and maps.ndim == 4
         assert torch.isfinite(maps).all()
 

@@ -295,9 +295,6 @@ class EntityQueryModel(Model):
     def _run(self, pixels: Any, queries: EntityQueries) -> tuple[Any, Any, tuple[int, int]]:
         logits, attention, grid = self.module(pixels, queries.entities)
         rows = queries.rows.to(logits.device)
-        if rows.is_inference() and not torch.is_inference_mode_enabled():
-            # queries made under inference mode (as the engine does), used with gradients
-            rows = rows.clone()
         chosen = logits.index_select(1, rows).float()  # B, F, 2
         return chosen, self.select_maps(attention, rows, queries.entities), grid
 

@@ -450,8 +450,5 @@ class PhraseQueryModel(Model):
 
     def logits(self, pixels: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """pos - neg logit [B, F]: its sigmoid is the score, so its gradient explains the score."""
-        if queries.is_inference():
-            # Queries cached under inference mode cannot take part in a graph; a copy can.
-            queries = queries.clone()
         logits = self.module(pixels, queries)[0]
         return (logits[..., 1] - logits[..., 0]).float()

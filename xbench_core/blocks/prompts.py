@@ -143,12 +143,6 @@ class PromptEmbeddings:
     negative_prompts: tuple[tuple[str, ...], ...]
 
 
-def _plain(tensor: Any) -> Any:
-    # Queries are encoded once under torch.inference_mode; autograd cannot save such tensors for
-    # the backward pass of a gradient explainer, so they are copied into ordinary ones first.
-    return tensor.clone() if tensor.is_inference() else tensor
-
-
 class PromptPairMixin:
     """Queries, preprocessing, scores, maps and logits of a prompt-pair model; put it before
     `xbench_core.Model`: `class OpenAICLIP(PromptPairMixin, Model)`.
@@ -260,8 +254,8 @@ class PromptPairMixin:
         import torch.nn.functional as F
 
         image = F.normalize(pooled.float(), dim=-1)
-        positive = _plain(queries.positive).to(image.device, torch.float32)
-        negative = _plain(queries.negative).to(image.device, torch.float32)
+        positive = queries.positive.to(image.device, torch.float32)
+        negative = queries.negative.to(image.device, torch.float32)
         scale = self.module.logit_scale.float().exp()
         return scale * image @ positive.T, scale * image @ negative.T, positive
 

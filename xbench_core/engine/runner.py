@@ -23,8 +23,9 @@ from ..errors import ConfigError, MapError, XBenchError
 from ..plugins import Registry
 from ..schema import Record, make_record
 from ..store import RunStore
+from . import calls
 from .config import RunConfig
-from .device import autocast, resolve_device
+from .device import resolve_device
 from .plan import DatasetPlan, plan_dataset
 
 
@@ -160,8 +161,6 @@ class Runner:
             return self._run()
 
     def _run(self) -> dict[str, Any]:
-        import torch
-
         models = self.build_models()
         for comp in self.cfg.datasets:
             spec = self.registry.datasets[comp.name]
@@ -169,8 +168,7 @@ class Runner:
             dataset.name = comp.name
             findings = {m.name: [f for f in dataset.findings if m.model.supports(f)] for m in models}
             unsupported = {m.name: [f for f in dataset.findings if not m.model.supports(f)] for m in models}
-            with torch.inference_mode():
-                queries = {m.name: m.model.encode_queries(findings[m.name]) for m in models}
+            queries = {m.name: calls.encode_queries(m.model, findings[m.name]) for m in models}
             plan = self.plan(dataset, comp.options.get("split"), models)
             todo = plan.todo(self.store.completed(), self.rank, self.world)
             self.info["datasets"][comp.name] = {
@@ -269,8 +267,7 @@ class Runner:
         pixels = torch.stack([it["pixels"][m.name] for it in good])
         pixels = pixels.to(self.device, non_blocking=True)
         try:
-            with torch.inference_mode(), autocast(self.device, self.cfg.precision):
-                output = m.model.forward(pixels, queries)
+            output = calls.forward(m.model, pixels, queries, self.device, self.cfg.precision)
             scores = output.scores.float().cpu().numpy()
         except Exception as exc:
             self._raise_if_retry(exc, len(good))
@@ -281,13 +278,7 @@ class Runner:
             return
         for ename, explainer, espec in m.explainers:
             try:
-                if espec.needs_grad:
-                    with autocast(self.device, self.cfg.precision):
-                        maps = explainer.explain(m.model, pixels, queries, output)
-                else:
-                    with torch.inference_mode(), autocast(self.device, self.cfg.precision):
-                        maps = explainer.explain(m.model, pixels, queries, output)
-                maps = maps.detach().float()
+                maps = calls.explain(explainer, espec.needs_grad, m.model, pixels, queries, output, self.device, self.cfg.precision)
             except Exception as exc:
                 self._raise_if_retry(exc, len(good))
                 if self.cfg.fail_fast:

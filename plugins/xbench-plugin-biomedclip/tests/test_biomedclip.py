@@ -17,6 +17,7 @@ from xbench_core.plugins import get_registry
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
+    encode_queries,
     generated_vocabulary,
     reference,
     save_official_checkpoint,
@@ -297,8 +298,7 @@ def test_prompt_ensemble_and_padding_trim(tiny):
 
 def test_logits_are_differentiable_and_match_scores(tiny):
     model, _ = tiny
-    with torch.inference_mode():
-        queries = model.encode_queries(["pneumonia", "nodule"])  # as the engine does
+    queries = encode_queries(model, ["pneumonia", "nodule"])  # as the engine does
     pixels = images(model, 2, seed=5).requires_grad_(True)
     logits = model.logits(pixels, queries)
     logits[:, 1].sum().backward()

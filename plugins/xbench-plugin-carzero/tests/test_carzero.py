@@ -19,6 +19,8 @@ from xbench_core import FINDINGS, CheckpointError, UnsupportedFinding, letterbox
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
+    encode_queries,
+    forward,
     get_registry,
     realdata,
     reference,
@@ -418,9 +420,8 @@ def test_fusion_batching_equals_the_official_per_image_loop(model) -> None:  # n
 
 def test_scores_maps_and_logits(model, pixels) -> None:  # noqa: ANN001
     findings = ["pneumonia", "pleural_effusion"]
-    with torch.inference_mode():
-        queries = model.encode_queries(findings)
-        out = model.forward(pixels, queries)
+    queries = encode_queries(model, findings)
+    out = forward(model, pixels, queries)
     assert queries.sentence.shape == (2, 768) and queries.memory.shape == (2, 98, 768)
     logits = out.extras["logits"]
     torch.testing.assert_close(logits, (out.extras["i2t_logits"] + out.extras["t2i_logits"]) / 2)
@@ -430,7 +431,7 @@ def test_scores_maps_and_logits(model, pixels) -> None:  # noqa: ANN001
     # the global token took part in the softmax: the 196 local weights sum to less than one
     sums = maps.sum((-1, -2))
     assert (sums < 1).all() and (sums > 0.5).all()
-    # logits() is differentiable through the image (queries encoded under inference mode)
+    # logits() is differentiable through the image (queries encoded as the engine does)
     captured = {}
     layer = model.feature_layer()
 

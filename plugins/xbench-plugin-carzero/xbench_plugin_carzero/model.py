@@ -18,7 +18,6 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -174,8 +173,8 @@ class CARZero(Model):
         self, pixels: torch.Tensor, queries: CARZeroQueries, need_weights: bool
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         tokens = self.module.img_encoder(pixels)
-        sentence = _usable(queries.sentence, tokens.device)
-        memory = _usable(queries.memory, tokens.device)
+        sentence = queries.sentence.to(tokens.device)
+        memory = queries.memory.to(tokens.device)
         return self.module.fuse(tokens, sentence, memory, need_weights=need_weights)
 
     def logits(self, pixels: torch.Tensor, queries: CARZeroQueries) -> torch.Tensor:
@@ -217,15 +216,6 @@ def _checkpoint_path(checkpoint: str | None) -> Path:
 def _tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
     b, _, d = tokens.shape
     return tokens[:, 1:].transpose(1, 2).reshape(b, d, GRID, GRID)
-
-
-def _usable(tensor: torch.Tensor, device: Any) -> torch.Tensor:
-    # Queries are encoded under inference mode; autograd (gradient explainers) cannot save
-    # inference tensors for backward, so a normal copy is used outside inference mode.
-    tensor = tensor.to(device)
-    if tensor.is_inference() and not torch.is_inference_mode_enabled():
-        tensor = tensor.clone()
-    return tensor
 
 
 def _initialize(network: CARZeroNetwork) -> None:

@@ -27,6 +27,7 @@ from xbench_core.plugins import get_registry
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
+    encode_queries,
     realdata,
     reference,
     save_official_checkpoint,
@@ -371,8 +372,7 @@ def test_logits_are_differentiable_and_match_scores(tmp_path, kind):
     folder, weights = tiny_folder(tmp_path / "tiny", kind)
     save_file(contiguous(weights), str(folder / "open_clip_model.safetensors"))
     model = build(checkpoint=str(folder))
-    with torch.inference_mode():
-        queries = model.encode_queries(["pneumonia", "nodule"])  # as the engine does
+    queries = encode_queries(model, ["pneumonia", "nodule"])  # as the engine does
     pixels = images(model, 2, seed=5).requires_grad_(True)
     logits = model.logits(pixels, queries)
     logits[:, 0].sum().backward()

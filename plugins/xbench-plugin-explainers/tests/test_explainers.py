@@ -3,7 +3,6 @@ per-image reference, hygiene (hooks, memory, grad mode, eval mode), and runs thr
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import os
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 from xbench_core import ConfigError, MapError
-from xbench_core.testing import ExplainerPluginTests, get_registry
+from xbench_core.testing import ExplainerPluginTests, encode_queries, explain, forward, get_registry
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -45,11 +44,11 @@ def batch(model: Any, n: int, seed: int = 0, size: tuple[int, int] = (60, 80)) -
 
 
 def run(model: Any, name: str, pixels: Any, findings: list[str] = FINDINGS, **options: Any) -> Any:
-    """Call an explainer the way the engine does: queries and forward under inference mode."""
-    with torch.inference_mode():
-        queries = model.encode_queries(findings)
-        output = model.forward(pixels, queries)
-    return explainer(name, **options).explain(model, pixels, queries, output)
+    """Call an explainer the way the engine does (xbench_core.testing's engine calls)."""
+    queries = encode_queries(model, findings)
+    output = forward(model, pixels, queries)
+    needs_grad = get_registry().explainers[name].needs_grad
+    return explain(explainer(name, **options), needs_grad, model, pixels, queries, output)
 
 
 def in_region(y: int, x: int, shape: tuple[int, int]) -> bool:
@@ -300,9 +299,8 @@ class _Counting(ToyConv):
 def test_rise_cost_and_independence_from_batching() -> None:
     model = _Counting(gain=20.0, bias=-2.0)
     pixels = batch(model, 3, seed=4)
-    with torch.inference_mode():
-        queries = model.encode_queries(FINDINGS)
-        output = model.forward(pixels, queries)
+    queries = encode_queries(model, FINDINGS)
+    output = forward(model, pixels, queries)
     model.calls = model.images = 0
     whole = explainer("rise", masks=120, batch=50).explain(model, pixels, queries, output)
     assert (model.calls, model.images) == (3 * 3, 3 * 120)  # ceil(120/50) calls per image
@@ -359,15 +357,13 @@ def _live_tensors() -> int:
 def test_hooks_memory_grad_mode_and_eval_mode_stay_as_they_were(method: str) -> None:
     model = ToyConv(detector=False, batchnorm=True)
     exp = explainer(method)
-    with torch.inference_mode():
-        queries = model.encode_queries(FINDINGS)
+    queries = encode_queries(model, FINDINGS)
     before_hooks = _hook_counts(model.module)
     grad_mode = torch.is_grad_enabled()
 
     def one(seed: int) -> None:
         pixels = batch(model, 4, seed=seed)
-        with torch.inference_mode():
-            output = model.forward(pixels, queries)
+        output = forward(model, pixels, queries)
         maps = exp.explain(model, pixels, queries, output)
         assert not maps.requires_grad and maps.grad_fn is None
 
@@ -402,46 +398,24 @@ def test_hook_is_removed_when_the_model_fails() -> None:
     assert _hook_counts(model.module) == before
 
 
-def test_inference_tensors_and_inference_mode_callers() -> None:
-    """Queries encoded under inference mode (as the engine does) cannot be saved for backward by
-    the model's logit; the explainer copies them. A caller inside inference mode also works."""
+def test_engine_queries_serve_gradient_explainers_unchanged() -> None:
+    """The engine encodes queries under no_grad (not inference mode), so a model's logit can save
+    them for backward without a copy; their values are those of an inference-mode encoding, and a
+    caller inside torch.no_grad() gets the same maps."""
     model = ToyConv(detector=False)
     pixels = batch(model, 2)
+    queries = encode_queries(model, FINDINGS)
     with torch.inference_mode():
-        queries = model.encode_queries(FINDINGS)
-        output = model.forward(pixels, queries)
-    assert queries.is_inference()
-    with pytest.raises(RuntimeError, match="[Ii]nference tensors"):
-        with torch.enable_grad():
-            model.logits(pixels.clone().requires_grad_(True), queries).sum().backward()
-    plain = explainer("gradcam").explain(model, pixels, queries.clone(), output)
-    torch.testing.assert_close(explainer("gradcam").explain(model, pixels, queries, output), plain)
-    with torch.inference_mode():
-        inside = explainer("gradcam").explain(model, pixels.clone(), queries, output)
-    torch.testing.assert_close(inside, plain)
+        frozen = model.encode_queries(FINDINGS)
+    assert not queries.is_inference() and not queries.requires_grad
+    assert torch.equal(queries, frozen)
+    with torch.enable_grad():
+        model.logits(pixels.clone().requires_grad_(True), queries).sum().backward()
+    output = forward(model, pixels, queries)
+    maps = explain(explainer("gradcam"), True, model, pixels, queries, output)
+    assert maps.shape == (2, len(FINDINGS), *GRID) and maps.abs().sum() > 0
     with torch.no_grad():
-        torch.testing.assert_close(
-            explainer("gradcam").explain(model, pixels, queries, output), plain
-        )
-
-
-def test_ordinary_copies_inference_tensors_inside_containers() -> None:
-    from xbench_plugin_explainers.cam import ordinary
-
-    @dataclasses.dataclass(frozen=True)
-    class Queries:
-        positive: Any
-        names: tuple[str, ...]
-
-    with torch.inference_mode():
-        q = Queries(torch.ones(2, 3), ("a", "b"))
-        nested = {"q": [q, (torch.zeros(1),)], "n": 3}
-    out = ordinary(nested)
-    assert not out["q"][0].positive.is_inference() and not out["q"][1][0].is_inference()
-    assert out["q"][0].names == ("a", "b") and out["n"] == 3
-    assert q.positive.is_inference()  # the original is untouched
-    normal = torch.ones(2)
-    assert ordinary(normal) is normal
+        torch.testing.assert_close(explainer("gradcam").explain(model, pixels, queries, output), maps)
 
 
 def test_clear_errors_for_unusable_models() -> None:

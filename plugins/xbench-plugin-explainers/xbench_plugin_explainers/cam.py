@@ -29,8 +29,6 @@ Chattopadhay et al., "Grad-CAM++", WACV 2018, eq. 19, as implemented by the auth
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -62,35 +60,6 @@ def gradcampp_weights(activations: Any, gradients: Any) -> Any:
     denominator = 2.0 * g2 + activations.sum(dim=(2, 3), keepdim=True) * g2 * gradients
     alpha = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
     return (alpha * gradients.clamp_min(0)).sum(dim=(2, 3))
-
-
-def ordinary(obj: Any) -> Any:
-    """`obj` with every inference tensor in it replaced by an ordinary copy.
-
-    The engine encodes the queries once under `torch.inference_mode`; autograd cannot save such
-    tensors for a backward pass ("Inference tensors cannot be saved for backward"), which any
-    logit that multiplies image features with the query embeddings needs. Tensors, lists, tuples,
-    dicts and dataclasses (the containers models use for queries) are looked into; anything else
-    is passed as it is. Ordinary tensors are not copied.
-    """
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj.clone() if obj.is_inference() else obj
-    if isinstance(obj, list):
-        return [ordinary(v) for v in obj]
-    if isinstance(obj, tuple):
-        items = [ordinary(v) for v in obj]
-        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
-    if isinstance(obj, dict):
-        return {k: ordinary(v) for k, v in obj.items()}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out = copy.copy(obj)
-        for f in dataclasses.fields(obj):
-            # object.__setattr__ also works on frozen dataclasses; the original is left as it was.
-            object.__setattr__(out, f.name, ordinary(getattr(obj, f.name)))
-        return out
-    return obj
 
 
 def _differentiable(raw: Any) -> list[Any]:
@@ -150,14 +119,15 @@ def cam_maps(model: Model, pixels: Any, queries: Any, weigh: Weigh) -> Any:
 
     handle = layer.module.register_forward_hook(keep)
     try:
-        # inference_mode(False): explain() may be called by code that is inside inference mode.
-        with torch.inference_mode(False), torch.enable_grad():
-            x = pixels.clone() if pixels.is_inference() else pixels
+        # The engine calls gradient explainers outside inference mode, with queries encoded under
+        # no_grad (xbench_core.engine.calls); enable_grad serves callers inside torch.no_grad().
+        with torch.enable_grad():
+            x = pixels
             # Asking for the input's gradient makes the graph exist even when the model's
             # parameters are frozen; autograd.grad below stops at the feature layer, so no
             # gradient is ever computed for the pixels themselves.
             x = x.detach().requires_grad_(True)
-            logits = model.logits(x, ordinary(queries))
+            logits = model.logits(x, queries)
             batch = x.shape[0]
             if getattr(logits, "ndim", None) != 2 or logits.shape[0] != batch:
                 raise MapError(

@@ -22,6 +22,8 @@ from xbench_core import AssetError, CheckpointError, ConfigError
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
+    encode_queries,
+    forward,
     reference,
     save_official_checkpoint,
     write_bert_folder,
@@ -230,9 +232,8 @@ def test_preprocess_squashes_to_the_resolution(small_model):
 # ---- gradients, precision -----------------------------------------------------------------------
 def test_logits_are_differentiable_and_match_scores(small_model):
     pixels = small_pixels(2, 128).requires_grad_(True)
-    with torch.inference_mode():
-        queries = small_model.encode_queries(["pneumonia", "pneumothorax"])
-        scores = small_model.forward(pixels.detach(), queries).scores
+    queries = encode_queries(small_model, ["pneumonia", "pneumothorax"])
+    scores = forward(small_model, pixels.detach(), queries).scores
     layer = small_model.feature_layer()
     grabbed = {}
     handle = layer.module.register_forward_hook(lambda m, i, o: grabbed.setdefault("out", o))

@@ -39,6 +39,7 @@ from xbench_core import (
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
+    encode_queries,
     realdata,
     reference,
     save_official_checkpoint,
@@ -168,8 +169,7 @@ class TestMAVL(ModelPluginTests):
             lambda module, args, output: captured.setdefault("grid", layer.to_grid(output))
         )
         try:
-            with torch.inference_mode():  # as the engine makes them, once a run
-                queries = model.encode_queries(["pneumonia"])
+            queries = encode_queries(model, ["pneumonia"])  # as the engine makes them, once a run
             value = model.logits(_pixels(model, 1, size=96), queries)
             captured["grid"].register_hook(lambda g: gradient.setdefault("g", g))
             value.sum().backward()

@@ -35,6 +35,7 @@ from xbench_core import (
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
+    encode_queries,
     realdata,
     reference,
     save_official_checkpoint,
@@ -148,8 +149,7 @@ class TestMedKLIP(ModelPluginTests):
         )
         try:
             pixels = _pixels(model, 1, size=96)
-            with torch.inference_mode():  # as the engine makes them, once a run
-                queries = model.encode_queries(["pneumonia"])
+            queries = encode_queries(model, ["pneumonia"])  # as the engine makes them, once a run
             captured_grad = {}
             value = model.logits(pixels, queries)
             captured["grid"].register_hook(lambda g: captured_grad.setdefault("g", g))
