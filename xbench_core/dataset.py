@@ -1,13 +1,16 @@
 """The base class of dataset plugins' objects.
 
 A dataset parses its annotations once, in `__init__`, into a list of entries; `annotation(i)` returns
-the i-th sample without its image (cheap, used by `xbench inspect` and by the engine to plan), and
-`__getitem__(i)` adds the decoded image (in a loader worker). Problems found while parsing (malformed
-rows, boxes clipped to the image, unknown labels) are collected in `problems`, never dropped silently.
+the i-th sample without its image (cheap, used by `xbench inspect` and by the engine to plan).
+`dataset[i]` (`__getitem__`) is the one entry point to a sample with its image: the engine's loader
+workers call it, and an image cache replaces only its decoding step (`load_image`). Problems found
+while parsing (malformed rows, boxes clipped to the image, unknown labels) are collected in
+`problems`, never dropped silently.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,14 +41,19 @@ class Dataset:
     """A dataset split: indexable samples with labels and regions in canonical finding ids.
 
     Subclasses set `name`, `split`, `findings` and `problems`, and implement `__len__` and
-    `annotation`; `__getitem__` decodes `meta["path"]` with the core's image reader unless
-    `load_image` is overridden.
+    `annotation`. `__getitem__` decodes the image with `load_image` (default: `meta["path"]` with
+    the core's image reader; decoding only, since an image cache may skip it), then calls
+    `fit_regions` (default: regions drawn on another grid than the image are scaled to it). A
+    subclass that adds more once the image is known overrides `__getitem__` and calls super().
     """
 
     name: str = "dataset"
     split: str = "test"
     findings: tuple[str, ...] = ()
     problems: list[Problem]
+    # how `__getitem__` decodes an image; None: `load_image`. The engine sets it to its image
+    # cache's reader (which calls `load_image` on a miss).
+    image_reader: Callable[[Sample], Any] | None = None
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -60,9 +68,17 @@ class Dataset:
         return read_image(sample.meta["path"], dataset=self.name)
 
     def __getitem__(self, index: int) -> Sample:
+        """The index-th sample with its decoded image and its regions fitted to the image."""
         sample = self.annotation(index)
-        sample.image = self.load_image(sample)
-        return sample
+        sample.image = (self.image_reader or self.load_image)(sample)
+        return self.fit_regions(sample)
+
+    def fit_regions(self, sample: Sample) -> Sample:
+        """Make a decoded sample's regions fit its image (a resized copy of a release): by default
+        `fit_regions_to_image` scales regions drawn on `meta["size"]` to the image's size."""
+        from .io.layout import fit_regions_to_image
+
+        return fit_regions_to_image(sample)
 
     def ids(self) -> list[str]:
         return [self.annotation(i).id for i in range(len(self))]

@@ -35,7 +35,7 @@ def inspect_dataset(dataset: Dataset, *, skip_images: bool = False, progress: bo
             row["instances"] += region.instances
         if not skip_images:
             try:
-                dataset.load_image(sample)
+                dataset[i]  # the entry point a run uses
             except Exception as exc:  # every unreadable image is a problem to report, not a crash
                 image_problems.append(Problem(str(sample.meta.get("path", "?")), str(exc), sample=sample.id))
     # read after the loop: datasets may find problems lazily while annotating (e.g. header reads)

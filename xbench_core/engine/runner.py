@@ -11,6 +11,7 @@ and the run goes on (`fail_fast` stops instead).
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from collections.abc import Sequence
@@ -57,8 +58,10 @@ class Items:
     def __init__(
         self, dataset: Any, indices: list[int], models: list[ModelRun], cap: int | None, cache: Any = None
     ) -> None:
+        if cache is not None:  # the dataset's entry point decodes through the cache
+            dataset = copy.copy(dataset)
+            dataset.image_reader = cache.load
         self.dataset, self.indices, self.models, self.cap = dataset, indices, models, cap
-        self.load = cache.load if cache is not None else dataset.load_image
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -69,14 +72,13 @@ class Items:
         index = self.indices[position]
         item: dict[str, Any] = {"index": index}
         try:
-            sample = self.dataset.annotation(index)
+            sample = self.dataset[index]  # the dataset's one entry point
             item["id"] = sample.id
             item["labels"] = sample.labels
-            sample.image = self.load(sample)
             if not np.isfinite(sample.image).all():
                 raise XBenchError(f"image of {sample.id} has NaN or infinite pixels")
         except Exception as exc:  # becomes an error record: the run goes on
-            item.setdefault("id", f"#index-{index}")
+            item.setdefault("id", self._id(index))
             item["error"] = f"{type(exc).__name__}: {exc}"
             return item
         size = eval_size(sample.image.shape, self.cap)
@@ -92,6 +94,13 @@ class Items:
             except Exception as exc:
                 item["model_errors"][m.name] = f"preprocess failed: {type(exc).__name__}: {exc}"
         return item
+
+    def _id(self, index: int) -> str:
+        """The id of a sample that failed to load (from its annotation, when that works)."""
+        try:
+            return str(self.dataset.annotation(index).id)
+        except Exception:
+            return f"#index-{index}"
 
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -219,7 +219,7 @@ class LabelTableDataset(Dataset):
     a sorted numpy array) and `_rows` (the positions in `_ids` of the selected images), and
     implements `annotation`, `_resolve(id)` (the image's path, or ImageReadError) and
     `_expected_path(id)` (where the image should be, for problems). `__getitem__` decodes the
-    image found by `_resolve`, fits the regions to it (`fit_regions_to_image`) and adds the meta of
+    image found by `_resolve` (the regions fitted to it, as every dataset's) and adds the meta of
     a DICOM's header (view, age, sex, ...) when the sample has no view yet.
     """
 
@@ -278,7 +278,7 @@ class LabelTableDataset(Dataset):
         return self._ids[self._rows].tolist()
 
     def __getitem__(self, index: int) -> Sample:
-        sample = fit_regions_to_image(super().__getitem__(index))
+        sample = super().__getitem__(index)
         if "view" not in sample.meta and str(sample.meta["path"]).lower().endswith(".dcm"):
             try:
                 header = dicom_header(sample.meta["path"]).meta()

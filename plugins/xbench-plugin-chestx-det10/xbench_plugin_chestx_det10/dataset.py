@@ -27,7 +27,6 @@ from xbench_core import (
     Sample,
     canonical,
     clip_box,
-    fit_regions_to_image,
     id_from_value,
     image_index,
     read_json,
@@ -268,7 +267,3 @@ class ChestXDet10(Dataset):
                 "box_convention": self.box_convention,
             },
         )
-
-    def __getitem__(self, index: int) -> Sample:
-        # A resized copy of the PNGs: the labels stay on the 1024 grid, the regions follow.
-        return fit_regions_to_image(super().__getitem__(index))

@@ -25,7 +25,6 @@ from xbench_core import (
     canonical,
     clip_box,
     find_file,
-    fit_regions_to_image,
     id_from_value,
     image_index,
     open_text,
@@ -318,10 +317,6 @@ class ChestXray14BBox(Dataset):
             **image.meta,
         }
         return Sample(self.name, sid, None, labels=labels, regions=regions, meta=meta)
-
-    def __getitem__(self, index: int) -> Sample:
-        # A resized copy of the PNGs: the boxes stay on the 1024 grid, the regions follow.
-        return fit_regions_to_image(super().__getitem__(index))
 
 
 def _entry_meta(row: list[str], col: dict[str, int]) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from xbench_core import (
     Sample,
     canonical,
     coco_rle_area,
-    fit_regions_to_image,
     open_text,
     read_json,
     require_choice,
@@ -467,7 +466,3 @@ class CheXlocalize(Dataset):
         return Sample(
             self.name, cid, None, labels=dict(cxr.labels), regions=dict(cxr.regions), meta=meta
         )
-
-    def __getitem__(self, index: int) -> Sample:
-        # e.g. the 320-px CheXpert-v1.0-small copies: masks and contours follow the image.
-        return fit_regions_to_image(super().__getitem__(index))

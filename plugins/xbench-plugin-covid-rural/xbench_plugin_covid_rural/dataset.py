@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from xbench_core import DataError, Dataset, Problem, Region, Sample, read_image, select_listed
+from xbench_core import DataError, Dataset, Problem, Region, Sample, select_listed
 
 LAYOUT = """\
   covid_rural_annot/                          (from github.com/haimingt/opacity_segmentation_covid_chest_X_ray)
@@ -265,10 +265,10 @@ class CovidRural(Dataset):
         entry = self._entries[index]
         return self._sample(entry, entry.size)
 
-    def load_image(self, sample: Sample) -> np.ndarray:
-        """Decode the JPEG; if the JSON had no usable size or a different one, use the image's."""
-        image = read_image(sample.meta["path"], dataset=self.name)
-        size = (int(image.shape[0]), int(image.shape[1]))
+    def fit_regions(self, sample: Sample) -> Sample:
+        """If the JSON had no usable size or a different one than the image, rebuild the regions
+        at the image's size (polygons are in pixel units)."""
+        size = (int(sample.image.shape[0]), int(sample.image.shape[1]))
         if sample.meta.get("size") != size:
             entry = next(e for e in self._entries if e.stem == sample.id)
             if sample.meta.get("size") is not None:
@@ -281,4 +281,4 @@ class CovidRural(Dataset):
                 )
             fresh = self._sample(entry, size)
             sample.regions, sample.meta["size"] = fresh.regions, size
-        return image
+        return sample

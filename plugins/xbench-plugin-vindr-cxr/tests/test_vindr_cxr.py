@@ -392,8 +392,8 @@ def test_sizes_without_headers_and_inspect_without_images(
     }
     s = ds.annotation(0)
     assert s.meta["size"] is None and s.regions["cardiomegaly"].size == (0, 0)
-    image = ds.load_image(s)  # the engine's path: annotation, then load_image, then rasterize
-    assert s.meta["size"] == image.shape == (60, 80) and s.regions["cardiomegaly"].size == (60, 80)
+    s = ds[0]  # the engine's entry point: decoded, then regions rebuilt at the decoded size
+    assert s.meta["size"] == s.image.shape == (60, 80) and s.regions["cardiomegaly"].size == (60, 80)
     # Before the images are downloaded: labels alone, no size, same counts.
     bare = write_physionet(tmp_path, images=False)
     report2 = inspect_dataset(build(root=str(bare), split="train"), skip_images=True)

@@ -11,7 +11,7 @@ Image sizes are not in the label files. They come from a size table when one is 
 `<split>_meta.csv` with `image_id, dim0, dim1` that resized Kaggle copies ship, or `size_file`),
 otherwise from the DICOM header (Rows, Columns; `stop_before_pixels`, no pixel data) read lazily in
 `annotation(i)` for images that have boxes, when the file exists and `read_headers` is on. Without
-a size the regions' `size` is (0, 0) and `meta["size"]` is None; `load_image` then rebuilds the
+a size the regions' `size` is (0, 0) and `meta["size"]` is None; `fit_regions` then rebuilds the
 regions at the decoded image's size, so the engine always rasterizes at the real size. Counts
 (`xbench inspect --skip-images`) need no size.
 """
@@ -34,7 +34,6 @@ from xbench_core import (
     Sample,
     dicom_header,
     open_text,
-    read_image,
     select_listed,
 )
 
@@ -61,7 +60,7 @@ LAYOUT = """\
     <root>/train/<image_id>.dicom
   A label file elsewhere (a .csv or .csv.gz in either format) can be given with annotation_file."""
 
-# CORE-REQUEST: Region.size cannot say "unknown"; (0, 0) stands for it until load_image rebuilds
+# CORE-REQUEST: Region.size cannot say "unknown"; (0, 0) stands for it until fit_regions rebuilds
 # the regions at the decoded size. An Optional size (rasterize raising a clear error) would be cleaner.
 _UNKNOWN_SIZE = (0, 0)
 CONSENSUS = ""  # the reader of a file without rad_id (PhysioNet test: 5-reader consensus)
@@ -554,10 +553,9 @@ class VinDrCXR(Dataset):
         index %= len(self)
         return self._sample(index, self._size(self._ids[index], self._images[index]))
 
-    def load_image(self, sample: Sample) -> np.ndarray:
-        """Decode the DICOM; if the regions were built without the real size, rebuild them at it."""
-        image = read_image(sample.meta["path"], dataset=self.name)
-        size = (int(image.shape[0]), int(image.shape[1]))
+    def fit_regions(self, sample: Sample) -> Sample:
+        """If the regions were built without the image's real size, rebuild them at it."""
+        size = (int(sample.image.shape[0]), int(sample.image.shape[1]))
         if sample.meta.get("size") != size:
             index = self._position[sample.id]
             if sample.meta.get("size") is not None:
@@ -573,4 +571,4 @@ class VinDrCXR(Dataset):
             sample.regions, sample.meta["size"] = fresh.regions, size
             if "positive_without_region" in fresh.meta:
                 sample.meta["positive_without_region"] = fresh.meta["positive_without_region"]
-        return image
+        return sample
