@@ -363,3 +363,76 @@ def test_report_in_headless_chromium(run: Path, tmp_path: Path) -> None:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# ---- the gallery needs no model -------------------------------------------------------------------
+class _CroppedRandom:
+    """A `random` baseline whose input is a center crop: a geometry the gallery must get right."""
+
+    builds = 0
+
+    @staticmethod
+    def build(**options: Any) -> Any:
+        import torch
+
+        from xbench_core.builtin.baselines import RandomBaseline
+        from xbench_core.geometry import shortest_side_crop
+
+        _CroppedRandom.builds += 1
+
+        class Cropped(RandomBaseline):
+            def preprocess(self, image: np.ndarray) -> Any:
+                pixels, geometry = shortest_side_crop(image, 128, 96)
+                return torch.from_numpy(pixels)[None], geometry
+
+        return Cropped(**options)
+
+
+class _CroppedPlugin:
+    from xbench_core import hookimpl
+
+    @hookimpl
+    def xbench_register_models(self, register: Any) -> None:
+        from xbench_core import ModelSpec
+
+        register(ModelSpec(name="cropped", summary="random maps on a center crop", factory=_CroppedRandom.build))
+
+
+def test_report_draws_the_gallery_from_the_run_directory_alone(tmp_path: Path) -> None:
+    """Maps are saved with their Geometry: `xbench report` redraws the gallery with the model's
+    plugin gone and without building any model."""
+    from xbench_core.builtin.phantom import Phantom
+    from xbench_core.engine.config import build_config
+    from xbench_core.engine.session import execute
+    from xbench_core.report import write_report
+    from xbench_core.testing import temporary_plugin
+
+    out = tmp_path / "run"
+    with temporary_plugin(_CroppedPlugin(), "cropped") as registry:
+        cfg = build_config({"datasets": [{"name": "phantom", "size": 6, "resolution": 80}], "models": ["cropped"],
+                            "out": str(out), "batch_size": 4}, registry)
+        execute(cfg, registry, quiet=True)
+        write_report([out], registry=registry, quiet=True)
+        model = _CroppedRandom.build()
+    drawn = {p.name: p.read_bytes() for p in (out / "figures" / "gallery").glob("*.png")}
+    assert drawn
+    # the stored geometry is the one preprocess gives (floats exact through JSON)
+    store = RunStore(out)
+    phantom = Phantom(size=6, resolution=80)
+    keys = {f"{phantom.annotation(i).id}|{f}" for i in range(6) for f in phantom.annotation(i).regions}
+    maps, geometries = store.load_maps("phantom", "cropped", "native", keys)
+    assert maps and set(geometries) == {k.rpartition("|")[0] for k in maps}
+    for i in range(6):
+        sample = phantom[i]
+        if sample.id in geometries:
+            assert geometries[sample.id] == model.preprocess(sample.image)[1]
+    shutil.rmtree(out / "figures")
+    _CroppedRandom.builds = 0
+    registry = get_registry()
+    assert "cropped" not in registry.models
+    assert main(["report", str(out), "--quiet"]) == 0
+    assert _CroppedRandom.builds == 0
+    again = {p.name: p.read_bytes() for p in (out / "figures" / "gallery").glob("*.png")}
+    assert set(again) == set(drawn)
+    for name in drawn:  # the same pixels as the report written while the plugin was there
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(again[name]))), np.asarray(Image.open(io.BytesIO(drawn[name]))))

@@ -64,6 +64,22 @@ class Geometry:
             (h, w), (crop, crop), (rh / h, rw / w), (pad_top - cut, pad_left - cut), "letterbox_crop"
         )
 
+    # ---- storage (maps are saved with their geometry) --------------------------------------
+    def as_dict(self) -> dict[str, Any]:
+        """The five numbers pairs and the kind, as JSON-ready lists (floats round-trip exactly)."""
+        return {"original_size": list(self.original_size), "input_size": list(self.input_size),
+                "scale": list(self.scale), "offset": list(self.offset), "kind": self.kind}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Geometry:
+        return Geometry(
+            (int(d["original_size"][0]), int(d["original_size"][1])),
+            (int(d["input_size"][0]), int(d["input_size"][1])),
+            (float(d["scale"][0]), float(d["scale"][1])),
+            (float(d["offset"][0]), float(d["offset"][1])),
+            str(d.get("kind", "affine")),
+        )
+
     # ---- point mapping ---------------------------------------------------------------------
     def to_input(self, y: Any, x: Any) -> tuple[Any, Any]:
         """Original continuous coordinates -> input coordinates."""

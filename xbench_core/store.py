@@ -3,7 +3,8 @@
     runs/<name>/
       manifest.json                                        config, versions, device, times
       records/<dataset>/<model>/<explainer>/shard-<k>.jsonl  one record per (image, finding)
-      maps/<dataset>/<model>/<explainer>/shard-<k>-<n>.safetensors  input-frame maps, float16
+      maps/<dataset>/<model>/<explainer>/shard-<k>-<n>.safetensors  input-frame maps, float16,
+                                                           with each image's Geometry (metadata)
       results.json                                         aggregated metrics
 
       shards/<k>.json                                      what job-array shard k built (models, skipped
@@ -134,8 +135,13 @@ class RunStore:
         return sorted({p.parent for p in self.shard_files()})
 
     # ---- maps --------------------------------------------------------------------------------
-    def save_maps(self, dataset: str, model: str, explainer: str, shard: str, maps: dict[str, Any]) -> None:
-        """Save a batch of input-frame maps ({"<id>|<finding>": [gh, gw] tensor}) as float16."""
+    def save_maps(
+        self, dataset: str, model: str, explainer: str, shard: str, maps: dict[str, Any],
+        geometries: dict[str, Any] | None = None,
+    ) -> None:
+        """Save a batch of input-frame maps ({"<id>|<finding>": [gh, gw] tensor}) as float16, with
+        the Geometry of each image ({"<id>": Geometry}) in the file's metadata, so that a report
+        maps them back to the image without the model."""
         if not maps:
             return
         from safetensors.torch import save_file
@@ -149,20 +155,41 @@ class RunStore:
         self._map_counter[key] = n + 1
         tensors = {k: v.detach().to("cpu").half().contiguous() for k, v in maps.items()}
         tmp = folder / f".shard-{shard}-{n:06d}.tmp"
-        save_file(tensors, str(tmp))
+        meta = {"geometries": json.dumps({k: g.as_dict() for k, g in (geometries or {}).items()})}
+        save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, folder / f"shard-{shard}-{n:06d}.safetensors")
 
     def load_map(self, dataset: str, model: str, explainer: str, sample_id: str, finding: str) -> Any:
         """One cached map as a float32 tensor, or None."""
+        key = f"{sample_id}|{finding}"
+        return self.load_maps(dataset, model, explainer, {key})[0].get(key)
+
+    def load_maps(self, dataset: str, model: str, explainer: str, keys: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Cached maps {"<id>|<finding>": float32 tensor} of one (dataset, model, explainer) and the
+        Geometry of their images {"<id>": Geometry} (absent for maps saved without one), reading
+        each map file once (the first file holding a key wins)."""
         from safetensors import safe_open
 
+        from .geometry import Geometry
+
         folder = self.directory / "maps" / _safe(dataset) / _safe(model) / _safe(explainer)
-        key = f"{sample_id}|{finding}"
+        maps: dict[str, Any] = {}
+        geometries: dict[str, Any] = {}
         for path in sorted(folder.glob("shard-*.safetensors")):
+            wanted = keys - set(maps)
+            if not wanted:
+                break
             with safe_open(str(path), framework="pt") as fh:
-                if key in fh.keys():
-                    return fh.get_tensor(key).float()
-        return None
+                found = wanted & set(fh.keys())
+                if not found:
+                    continue
+                stored = json.loads((fh.metadata() or {}).get("geometries") or "{}")
+                for k in found:
+                    maps[k] = fh.get_tensor(k).float()
+                    sample_id = k.rpartition("|")[0]
+                    if sample_id in stored and sample_id not in geometries:
+                        geometries[sample_id] = Geometry.from_dict(stored[sample_id])
+        return maps, geometries
 
 
 def _cut_partial_line(path: Path) -> None:

@@ -329,6 +329,7 @@ class Runner:
         dataset, split = where
         records: list[Record] = []
         saved: dict[str, Any] = {}
+        geometries: dict[str, Any] = {}
         for b, it in enumerate(items):
             known = [(j, f) for j, f in enumerate(findings) if it["labels"].get(f) is not None]
             rows: dict[str, dict[str, Any]] = {}
@@ -339,6 +340,7 @@ class Runner:
                     rows[f]["error"] = "score is NaN or infinite"
                 if self.cfg.save_maps:
                     saved[f"{it['id']}|{f}"] = maps[b, j]
+                    geometries[it["id"]] = it["geometry"][m.name]
             with_region = [(j, f) for j, f in known if f in it["masks"] and "error" not in rows[f]]
             finite = [(j, f) for j, f in with_region if bool(torch.isfinite(maps[b, j]).all())]
             for j, f in with_region:
@@ -364,7 +366,7 @@ class Runner:
                 records.append(make_record(dataset, split, it["id"], m.name, explainer, None, 1))
         self.store.append(dataset, m.name, explainer, self.shard, records)
         if saved:
-            self.store.save_maps(dataset, m.name, explainer, self.shard, saved)
+            self.store.save_maps(dataset, m.name, explainer, self.shard, saved, geometries)
 
     def _fail(self, where: Where, m: ModelRun, sample_id: str, reason: str, explainer: str | None = None) -> None:
         """The sample failed as a whole for this model (all its explainers, or one)."""

@@ -1,12 +1,13 @@
 """Overlay gallery: for a few images per finding, every model's map over the X-ray with the
 ground-truth region's contour, side by side (the paper's Figure 2).
 
-Maps come from the run's map cache (input frame); the dataset and the models are rebuilt from the
-run's config, `model.preprocess(image)` gives each model's Geometry and `grounding.to_eval_frame`
-maps the map back to the image, at a small frame (long side `FRAME` pixels) to stay cheap. Images
-are chosen per finding among those every model has a map and a region for: the first (by id) of
-each lesion-size stratum, then the next ids. What cannot be rebuilt (data or weights not at hand)
-is skipped with a note. Gallery figures are PNG only: they are rasters, which an SVG would only wrap.
+Maps come from the run's map cache (input frame) with the Geometry each was saved with, and
+`grounding.to_eval_frame` maps them back to the image at a small frame (long side `FRAME` pixels)
+to stay cheap: no model is built (no plugin, no weights needed). The dataset is rebuilt from the
+run's config for the images and regions. Images are chosen per finding among those every model has
+a map and a region for: the first (by id) of each lesion-size stratum, then the next ids. What
+cannot be drawn (data not at hand, maps saved without geometry) is skipped with a note. Gallery
+figures are PNG only: they are rasters, which an SVG would only wrap.
 """
 
 from __future__ import annotations
@@ -44,13 +45,12 @@ def _entry(config: dict[str, Any], kind: str, name: str, split: Any = None) -> d
 
 
 class _Cache:
-    """Records, datasets, models and maps, each loaded once."""
+    """Records and datasets, each loaded once."""
 
     def __init__(self, registry: Any, k_fixed: int) -> None:
         self.registry, self.k_fixed = registry, k_fixed
         self.records: dict[int, dict[GroupKey, list[dict[str, Any]]]] = {}
         self.datasets: dict[tuple[int, str, Any], Any] = {}
-        self.models: dict[tuple[int, str], Any] = {}
 
     def group_records(self, src: RunSource, key: GroupKey) -> list[dict[str, Any]]:
         if id(src) not in self.records:
@@ -75,30 +75,6 @@ class _Cache:
             ds = self.registry.datasets[name].build(**_entry(src.config, "datasets", name, split))
             self.datasets[k] = (ds, {i: n for n, i in enumerate(ds.ids())})
         return self.datasets[k]
-
-    def model(self, src: RunSource, name: str) -> Any:
-        k = (id(src), name)
-        if k not in self.models:
-            self.models[k] = self.registry.models[name].build(**_entry(src.config, "models", name))
-        return self.models[k]
-
-
-def load_maps(src: RunSource, dataset: str, model: str, explainer: str, keys: set[str]) -> dict[str, Any]:
-    """Cached maps {"<id>|<finding>": float32 tensor} of one (dataset, model, explainer), reading each
-    map file once (the first file holding a key wins, as `RunStore.load_map`)."""
-    from safetensors import safe_open
-
-    rel = src.store.record_dir(dataset, model, explainer).relative_to(src.store.directory / "records")
-    folder = src.store.directory / "maps" / rel
-    out: dict[str, Any] = {}
-    for path in sorted(folder.glob("shard-*.safetensors")):
-        wanted = keys - set(out)
-        if not wanted:
-            break
-        with safe_open(str(path), framework="pt") as fh:
-            for k in wanted & set(fh.keys()):
-                out[k] = fh.get_tensor(k).float()
-    return out
 
 
 def _choose(candidates: dict[str, float], bins: Sequence[tuple[float, float]], n: int) -> list[str]:
@@ -163,12 +139,6 @@ def _gallery(merged: Merged, folder: Path, root: Path, registry: Any, per_findin
         except Exception as exc:
             notes.append(f"gallery of {label} skipped: the dataset could not be rebuilt ({type(exc).__name__}: {exc})")
             continue
-        models: dict[tuple[str, str], Any] = {}
-        for s in series:
-            try:
-                models[s] = cache.model(sources[s], s[0])  # type: ignore[arg-type]
-            except Exception as exc:
-                notes.append(f"gallery of {label}: model {s[0]} could not be rebuilt ({type(exc).__name__}: {exc})")
         findings = list(dict.fromkeys(r["finding"] for r in rows if (r["dataset"], r.get("split")) == dkey
                                       and r["finding"] != MEAN and r.get("n_regions")))
         for finding in findings:
@@ -180,12 +150,19 @@ def _gallery(merged: Merged, folder: Path, root: Path, registry: Any, per_findin
             chosen = _choose(candidates, bins, per_finding)
             if not chosen:
                 continue
-            maps = {s: load_maps(sources[s], dataset, s[0], s[1], {f"{i}|{finding}" for i in chosen}) for s in series}  # type: ignore[arg-type]
+            maps, geometries = {}, {}
+            for s in series:
+                maps[s], geometries[s] = sources[s].store.load_maps(dataset, s[0], s[1], {f"{i}|{finding}" for i in chosen})  # type: ignore[union-attr]
             if not any(maps.values()):
                 note = f"gallery of {label}: no cached maps (the run had save_maps: false)"
                 if note not in notes:
                     notes.append(note)
                 continue
+            for s in series:
+                if maps[s] and not geometries[s]:
+                    note = f"gallery of {label}: maps of {s[0]} were saved without their geometry (an older run): not drawn"
+                    if note not in notes:
+                        notes.append(note)
             panels = []
             for i in chosen:
                 sample = ds[index[i]]
@@ -197,10 +174,9 @@ def _gallery(merged: Merged, folder: Path, root: Path, registry: Any, per_findin
                 overlays = {}
                 for s in series:
                     m = maps[s].get(f"{i}|{finding}")
-                    model = models.get(s)
-                    if m is None or model is None:
+                    geometry = geometries[s].get(i)
+                    if m is None or geometry is None:
                         continue
-                    _, geometry = model.preprocess(sample.image)
                     frame = to_eval_frame(m[None], geometry, (h, w))
                     normed, _ = normalize(frame)
                     overlays[s] = normed[0].cpu().numpy()
