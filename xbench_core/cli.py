@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(globals()[f"cmd_{args.command}"](args) or 0)
-    except XBenchError as exc:
-        print(f"xbench: error: {exc}", file=sys.stderr)
+    except XBenchError as exc:  # a user error: one line, no traceback
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"xbench: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("xbench: interrupted; finished records are on disk, run the same command to resume", file=sys.stderr)
@@ -227,7 +228,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         store = RunStore(run)
         if len(args.runs) > 1 and store.results_path.exists():
             # merging: each run's results.json stays as it is, its creation time decides overlaps
-            results = json.loads(store.results_path.read_text())
+            results = store.read_results()
         else:
             results = rebuild_results(store, registry)
         if not args.quiet:

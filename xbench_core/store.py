@@ -54,7 +54,10 @@ class RunStore:
     def read_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
             raise ConfigError(f"{self.directory} is not an XBench run directory (no manifest.json)")
-        return json.loads(self.manifest_path.read_text())
+        return _read_json(self.manifest_path, "it is written by `xbench run`; rerun into a new --out")
+
+    def read_results(self) -> dict[str, Any]:
+        return _read_json(self.results_path, "delete it: `xbench report` rebuilds it from the records")
 
     def write_json(self, path: Path, obj: Any) -> None:
         """Write JSON atomically (a reader never sees half a file)."""
@@ -190,6 +193,16 @@ class RunStore:
                     if sample_id in stored and sample_id not in geometries:
                         geometries[sample_id] = Geometry.from_dict(stored[sample_id])
         return maps, geometries
+
+
+def _read_json(path: Path, fix: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); {fix}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a JSON object; {fix}")
+    return data
 
 
 def _cut_partial_line(path: Path) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ConfigError, PluginError
+from .errors import ConfigError, PluginError, XBenchError
 
 if TYPE_CHECKING:  # numpy and the region/geometry modules stay out of `xbench list`'s imports
     import numpy as np
@@ -139,8 +139,19 @@ class _Spec:
         return out
 
     def build(self, **options: Any) -> Any:
-        """Import the factory and build the component with validated options."""
-        return resolve_factory(self.factory, self.name)(**self.resolve_options(options))
+        """Import the factory and build the component with validated options. A factory that
+        rejects a value (ValueError) or misses a file is a user error: a ConfigError naming this
+        component (typed errors of the plugin pass as they are)."""
+        factory = resolve_factory(self.factory, self.name)
+        resolved = self.resolve_options(options)
+        try:
+            return factory(**resolved)
+        except XBenchError:
+            raise
+        except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+            raise ConfigError(
+                f"{self.name}: {type(exc).__name__}: {exc} (check its options; `xbench list` names the plugin)"
+            ) from exc
 
 
 @dataclass(frozen=True)

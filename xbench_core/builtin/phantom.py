@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dataset import Dataset, Problem
+from ..errors import ConfigError
 from ..io.regions import Region
 from ..types import Sample
 
@@ -40,7 +41,7 @@ class Phantom(Dataset):
 
     def __init__(self, size: int = 200, seed: int = 0, resolution: int = 512, split: str = "test") -> None:
         if size < 1 or resolution < 64:
-            raise ValueError("phantom needs size >= 1 and resolution >= 64")
+            raise ConfigError(f"phantom needs size >= 1 and resolution >= 64 (got size={size}, resolution={resolution})")
         self.name = "phantom"
         self.split = split
         self.findings = FINDINGS

@@ -419,11 +419,12 @@ def _reason(exc: BaseException, images: int) -> str:
 
 
 def check_identity(store: RunStore, cfg: RunConfig, overwrite: bool) -> None:
-    """A run directory is resumed only with the same evaluation identity."""
-    if not store.manifest_path.exists() or overwrite:
+    """A run directory is resumed only with the same evaluation identity (one without records, a
+    run that failed while setting up, is simply taken)."""
+    if not store.manifest_path.exists() or overwrite or not store.shard_files():
         return
     manifest = store.read_manifest()
-    if manifest.get("schema") is None and store.shard_files():
+    if manifest.get("schema") is None:
         raise ConfigError(
             f"{store.directory} was written by an older XBench (records without their split): "
             "`xbench report` reads it, but it cannot be resumed; pass --out NEW_DIR or --overwrite"

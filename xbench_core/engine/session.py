@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..plugins import Registry
 from ..schema import MEAN, SCHEMA_VERSION, assemble_results
 from ..store import RunStore
@@ -66,7 +67,10 @@ def execute(
         check_identity(store, cfg, overwrite)
         if overwrite and out.exists():
             shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run directory {out} ({exc.strerror}); pass --out DIR where you can write") from exc
     if barrier is not None:
         barrier()
     manifest: dict[str, Any] = {

@@ -9,7 +9,6 @@ run whose results were created last wins, and the report says so.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,7 @@ def load_sources(runs: list[str | Path], registry: Any) -> list[RunSource]:
         store = RunStore(run)
         manifest = store.read_manifest()
         if store.results_path.exists():
-            results = json.loads(store.results_path.read_text())
+            results = store.read_results()
         else:
             results = rebuild_results(store, registry)
         out.append(RunSource(Path(run), store, manifest, results))
