@@ -87,7 +87,7 @@ def test_builtins_are_registered(monkeypatch):
     monkeypatch.setenv("XBENCH_PLUGINS", NONE)
     reg = get_registry(refresh=True)
     assert set(reg.datasets) == {"phantom"}
-    assert set(reg.models) == {"random", "center"}
+    assert set(reg.models) == {"random", "center", "contrast"}
     assert set(reg.explainers) == {"native"}
     assert set(reg.metrics) == BUILTIN_METRICS
     assert not reg.failures
@@ -113,7 +113,7 @@ def test_unknown_name_suggests_the_closest(monkeypatch):
     reg = get_registry(refresh=True)
     with pytest.raises(ConfigError, match=r"no dataset named 'phantm'\. Did you mean 'phantom'\?"):
         reg.get("datasets", "phantm")
-    with pytest.raises(ConfigError, match="Installed: center, random"):
+    with pytest.raises(ConfigError, match="Installed: center, contrast, random"):
         reg.get("models", "zzz")
 
 

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-size", type=int, help="cap the eval frame's long side (pixels)")
     r.add_argument("--image-cache", nargs="?", const=True, metavar="DIR",
                    help="keep decoded images on disk for later runs (default folder $XBENCH_HOME/image-cache)")
+    r.add_argument("--faithfulness", action="store_true",
+                   help="also run the causal faithfulness pass (region ablation, deletion/insertion, sanity check); "
+                   "the config's faithfulness settings, or the defaults")
     r.add_argument("--shard", help="i/N: evaluate only shard i of N (job arrays); merge with `xbench merge`")
     r.add_argument("--fail-fast", action="store_true", help="stop at the first per-sample error")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -150,6 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "fail_fast": True if args.fail_fast else None,
         # a bare --image-cache keeps the config's own image_cache settings
         "image_cache": None if args.image_cache is True and data.get("image_cache") else args.image_cache,
+        # a bare --faithfulness keeps the config's own faithfulness settings
+        "faithfulness": None if not args.faithfulness or data.get("faithfulness") else True,
     }
     if args.eval_size is not None:
         data["grounding"] = {**(data.get("grounding") or {}), "eval_size": args.eval_size}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 MEAN = "__mean__"  # the `finding` of a group's mean row in results.json
 SCHEMA_VERSION = 2  # manifests of runs whose records carry `split`; before: no `schema` key
@@ -53,6 +53,7 @@ class Record(TypedDict):
     score: float | None
     stats: Stats | None
     error: str | None
+    faithfulness: NotRequired[dict[str, Any]]  # runs with the faithfulness pass (engine/faithfulness.py)
 
 
 def make_record(
@@ -68,9 +69,13 @@ def make_record(
     score: float | None = None,
     stats: Stats | None = None,
     error: str | None = None,
+    faithfulness: dict[str, Any] | None = None,
 ) -> Record:
-    return {"dataset": dataset, "split": split, "id": sample_id, "model": model, "explainer": explainer,
-            "finding": finding, "n": n, "label": label, "score": score, "stats": stats, "error": error}
+    record: Record = {"dataset": dataset, "split": split, "id": sample_id, "model": model, "explainer": explainer,
+                      "finding": finding, "n": n, "label": label, "score": score, "stats": stats, "error": error}
+    if faithfulness is not None:
+        record["faithfulness"] = faithfulness
+    return record
 
 
 def record_group(r: Mapping[str, Any]) -> GroupKey:

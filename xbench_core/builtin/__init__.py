@@ -1,5 +1,5 @@
 """The core's own components, registered through the same hooks as any plugin: the `phantom`
-dataset, the `random` and `center` baselines, the `native` explainer and the built-in metrics."""
+dataset, the `random`, `center` and `contrast` reference models, the `native` explainer and the built-in metrics."""
 
 from __future__ import annotations
 
@@ -47,6 +47,19 @@ def xbench_register_models(register: Callable[[Any], None]) -> None:
             factory="xbench_core.builtin.baselines:CenterBaseline",
             map_kind="prior",
             options=(Option("sigma", float, 0.25, "Gaussian width as a fraction of the image side"),),
+        )
+    )
+    register(
+        ModelSpec(
+            name="contrast",
+            summary="Blob-detector reference: local-contrast map, score from its maximum in the lungs (training-free)",
+            factory="xbench_core.builtin.contrast:ContrastReference",
+            map_kind="contrast",
+            options=(
+                Option("sigma", float, 0.05, "background blur as a fraction of the input side"),
+                Option("gain", float, 40.0, "score = sigmoid(gain * (peak contrast in the lungs - level))"),
+                Option("level", float, 0.2, "peak contrast whose score is 0.5"),
+            ),
         )
     )
 

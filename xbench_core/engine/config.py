@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..plugins import Registry
+from .faithfulness import FaithfulnessSettings
 from .image_cache import CacheSettings
 
 TOP_LEVEL = {
@@ -28,6 +29,7 @@ TOP_LEVEL = {
     "save_maps": "keep input-frame maps in the run directory (default true)",
     "image_cache": "keep decoded images on disk for later runs: true | DIR | {dir, max_gb, max_side}",
     "fail_fast": "stop at the first per-sample error",
+    "faithfulness": "causal faithfulness pass: true | {steps, baseline, blur_sigma, noise, measures, random_order, sanity_steps}",
 }
 GROUNDING_KEYS = {"fixed_threshold": float, "eval_size": int, "strata": list}
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -66,6 +68,7 @@ class RunConfig:
     save_maps: bool = True
     fail_fast: bool = False
     image_cache: CacheSettings | None = None
+    faithfulness: FaithfulnessSettings | None = None  # off by default
 
     def evaluation_identity(self) -> dict[str, Any]:
         """What decides the records' values: two runs with the same identity may share a directory."""
@@ -79,6 +82,7 @@ class RunConfig:
             # images downscaled by the cache are what the models see
             **({"image_max_side": self.image_cache.max_side}
                if self.image_cache is not None and self.image_cache.max_side is not None else {}),
+            **({"faithfulness": self.faithfulness.as_dict()} if self.faithfulness is not None else {}),
         }
 
     def _explainer_options(self) -> dict[str, dict[str, Any]]:
@@ -105,6 +109,7 @@ class RunConfig:
             "save_maps": self.save_maps,
             "fail_fast": self.fail_fast,
             "image_cache": None if self.image_cache is None else self.image_cache.as_dict(),
+            "faithfulness": None if self.faithfulness is None else self.faithfulness.as_dict(),
         }
 
 
@@ -244,6 +249,7 @@ def build_config(
     cfg.save_maps = bool(data.get("save_maps", True))
     cfg.fail_fast = bool(data.get("fail_fast", False))
     cfg.image_cache = CacheSettings.parse(data.get("image_cache"))
+    cfg.faithfulness = FaithfulnessSettings.parse(data.get("faithfulness"))
     if cfg.batch_size < 1 or cfg.workers < 0 or (cfg.limit is not None and cfg.limit < 1):
         raise ConfigError("batch_size and limit must be >= 1, workers >= 0")
     return cfg

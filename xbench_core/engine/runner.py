@@ -129,6 +129,11 @@ class Runner:
         # batch_size: auto starts at AUTO_BATCH on an accelerator (the CPU's memory is not the limit)
         self.loader_batch = 8 if config.auto_batch and self.device.type == "cpu" else config.batch_size
         self.progress_total = progress_total
+        self.faithfulness = None
+        if config.faithfulness is not None:
+            from .faithfulness import FaithfulnessPass
+
+            self.faithfulness = FaithfulnessPass(config.faithfulness, self.loader_batch, config.seed, self.device, config.precision)
 
     # ---- setup -------------------------------------------------------------------------------
     def build_models(self) -> list[ModelRun]:
@@ -285,6 +290,7 @@ class Runner:
             for it in good:
                 self._fail(where, m, it["id"], f"forward failed: {_reason(exc, len(good))}")
             return
+        part = self._faithful(lambda: self.faithfulness.part(m.model, pixels, queries, scores, findings, good, m.name), len(good))
         for ename, explainer, espec in m.explainers:
             try:
                 maps = calls.explain(explainer, espec.needs_grad, m.model, pixels, queries, output, self.device, self.cfg.precision)
@@ -295,7 +301,29 @@ class Runner:
                 for it in good:
                     self._fail(where, m, it["id"], f"explainer {ename} failed: {_reason(exc, len(good))}", explainer=ename)
                 continue
-            self._records(where, m, ename, findings, good, scores, maps)
+            faith = None
+            if isinstance(part, str):
+                faith = part
+            elif part is not None:
+                def again(model: Any, x: Any, q: Any, explainer: Any = explainer, espec: Any = espec) -> Any:
+                    out = calls.forward(model, x, q, self.device, self.cfg.precision)
+                    return calls.explain(explainer, espec.needs_grad, model, x, q, out, self.device, self.cfg.precision)
+
+                faith = self._faithful(lambda maps=maps, again=again: part.measure(maps, again), len(good))
+            self._records(where, m, ename, findings, good, scores, maps, faith)
+
+    def _faithful(self, compute: Any, images: int) -> Any:
+        """The faithfulness pass's values (None when it is off), or the reason it failed (stored in
+        the records' `faithfulness` field: the grounding records are kept)."""
+        if self.faithfulness is None:
+            return None
+        try:
+            return compute()
+        except Exception as exc:
+            self._raise_if_retry(exc, images)
+            if self.cfg.fail_fast:
+                raise
+            return f"faithfulness pass failed: {_reason(exc, images)}"
 
     def _raise_if_retry(self, exc: BaseException, images: int) -> None:
         if self.cfg.auto_batch and images > 1 and _is_out_of_memory(exc):
@@ -321,6 +349,7 @@ class Runner:
         items: list[dict[str, Any]],
         scores: np.ndarray,
         maps: Any,
+        faith: Any = None,
     ) -> None:
         import torch
 
@@ -355,6 +384,8 @@ class Runner:
                         rows[f]["error"] = "region is empty at the eval frame (raise grounding.eval_size)"
                     else:
                         rows[f]["stats"] = st
+                        if faith is not None:
+                            rows[f]["faithfulness"] = faith.get((b, f)) if isinstance(faith, dict) else {"error": faith}
             for f, row in rows.items():
                 records.append(make_record(dataset, split, it["id"], m.name, explainer, f, len(rows), **row))
                 if row.get("error"):

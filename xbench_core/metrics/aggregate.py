@@ -221,7 +221,10 @@ def _aggregate(
 ) -> dict[str, Any]:
     kinds = {**BUILTIN_KINDS, **(kinds or {})}
     grounding_metrics = {n: m for n, m in metrics.items() if kinds.get(n) == "grounding"}
-    data, extra = collect(records, fixed_threshold, split_of)
+    from .faithfulness import Collector
+
+    faithfulness = Collector(split_of)
+    data, extra = collect(faithfulness.tap(records), fixed_threshold, split_of)
     pairs = val_pairs(list(data))
     resampler = Resampler(options)
     analysed: dict[FindingKey, FindingAnalysis] = {}
@@ -249,6 +252,7 @@ def _aggregate(
             analyse_mean(mean, group, sorted(extra[g]["images"]), per_image_hamming(extra[g]["pairs"]), options, resampler)
             rows.append(mean)
         errors.extend({"dataset": g[0], "model": g[2], "explainer": g[3], **e} for e in extra[g]["errors"])
+    faithfulness.add_fields(rows, grounding_metrics, options.seed, options.resamples, options.confidence)
     return {
         "rows": rows,
         "errors": errors,
