@@ -273,5 +273,7 @@ def per_dataset(results: dict[str, Any], folder: Path, root: Path) -> list[Figur
 
 
 def all_figures(results: dict[str, Any], folder: Path, root: Path) -> list[FigureFile]:
+    from .faithfulness import faithfulness_figures
+
     return [*recognition_vs_grounding(results, folder, root), *dice_fixed_vs_best(results, folder, root),
-            *per_dataset(results, folder, root)]
+            *per_dataset(results, folder, root), *faithfulness_figures(results, folder, root)]

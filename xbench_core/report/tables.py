@@ -172,7 +172,9 @@ def build_tables(results: dict[str, Any]) -> list[Table]:
                 f"recognition__{slug}", f"Recognition on {label}",
                 f"Recognition on {label}: AUROC, AUPRC, and F1 and accuracy at score 0.5, means over findings.",
                 key, cols, _lines(recognized, cols, _plain, flagged), list(notes)))
-    return tables
+    from .faithfulness import faithfulness_tables
+
+    return tables + faithfulness_tables(results)
 
 
 def _fixed_threshold(results: dict[str, Any]) -> float:
