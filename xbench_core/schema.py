@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:  # Python 3.11+ (typing_extensions before); only the type checker reads it
+    from typing import NotRequired
 
 MEAN = "__mean__"  # the `finding` of a group's mean row in results.json
 SCHEMA_VERSION = 2  # manifests of runs whose records carry `split`; before: no `schema` key
