@@ -203,9 +203,38 @@ def _merge_components(existing: Any, chosen: list[dict[str, Any]] | None) -> Any
     return [known.get(c["name"], c) for c in chosen]
 
 
-def print_summary(results: dict[str, Any], store: Any, info: dict[str, Any] | None = None) -> None:
-    from .engine.session import format_table
+def format_table(results: dict[str, Any], per_finding: bool = True) -> str:
+    """A plain-text table of the headline metrics."""
+    from .schema import MEAN
 
+    cols = [("pointing_game", "PG"), ("dice_fixed", "Dice@.5"), ("dice_best", "Dice*"),
+            ("iou_fixed", "IoU@.5"), ("iou_best", "IoU*"), ("auroc", "AUROC"), ("f1", "F1")]
+    rows = [r for r in results["rows"] if per_finding or r["finding"] == MEAN]
+    if not rows:
+        return "(no results)"
+    flagged = set(results.get("random_weights", []))
+    head = ["dataset", "model", "explainer", "finding", "n+"] + [c[1] for c in cols]
+    body = []
+    for r in rows:
+        model = r["model"] + (" (random weights)" if r["model"] in flagged else "")
+        cells = [r["dataset"], model, r["explainer"], "MEAN" if r["finding"] == MEAN else r["finding"],
+                 str(r.get("n_regions", ""))]
+        cells += ["-" if r.get(k) is None else f"{r[k]:.3f}" for k, _ in cols]
+        body.append(cells)
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    out = [line(head), "  ".join("-" * w for w in widths)]
+    prev = None
+    for cells, r in zip(body, rows):
+        key = (r["dataset"], r["model"], r["explainer"])
+        if prev is not None and key != prev:
+            out.append("")
+        prev = key
+        out.append(line(cells))
+    return "\n".join(out)
+
+
+def print_summary(results: dict[str, Any], store: Any, info: dict[str, Any] | None = None) -> None:
     print(format_table(results))
     print()
     errs = results.get("errors", [])
@@ -225,7 +254,7 @@ def print_summary(results: dict[str, Any], store: Any, info: dict[str, Any] | No
 def cmd_report(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from .engine.session import format_table, rebuild_results
+    from .engine.session import rebuild_results
     from .store import RunStore
 
     registry = _registry(args)

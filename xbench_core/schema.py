@@ -27,14 +27,17 @@ GroupKey = tuple[str, Any, str, str, str]  # dataset, split, sample id, model, e
 
 
 class Stats(TypedDict):
-    """A record's grounding statistics at the eval frame (see grounding.evaluate_maps)."""
+    """A record's grounding statistics at the eval frame (grounding.GroundingStats.rows): pixel
+    counts above each of the 101 thresholds, over the image and inside the region."""
 
-    hits_all: list[int]
-    hits_region: list[int]
     region_px: int
     total_px: int
+    area_fraction: float
     pointing_game: float
     ebpg: float
+    constant_map: bool
+    hits_region: list[int]
+    hits_all: list[int]
 
 
 class Record(TypedDict):

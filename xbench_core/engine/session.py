@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import platform
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..plugins import Registry
-from ..schema import MEAN, SCHEMA_VERSION, assemble_results
+from ..schema import SCHEMA_VERSION, assemble_results
 from ..store import RunStore
 from .config import RunConfig, default_out
 from .runner import Runner, _jsonable, check_identity
@@ -148,33 +149,4 @@ def _hook(registry: Registry, name: str, **kwargs: Any) -> None:
         try:
             call(**kwargs)
         except Exception as exc:  # pragma: no cover - reported, never fatal
-            print(f"warning: observer {name} failed: {exc}", file=sys.stderr)
-
-
-def format_table(results: dict[str, Any], per_finding: bool = True) -> str:
-    """A plain-text table of the headline metrics."""
-    cols = [("pointing_game", "PG"), ("dice_fixed", "Dice@.5"), ("dice_best", "Dice*"),
-            ("iou_fixed", "IoU@.5"), ("iou_best", "IoU*"), ("auroc", "AUROC"), ("f1", "F1")]
-    rows = [r for r in results["rows"] if per_finding or r["finding"] == MEAN]
-    if not rows:
-        return "(no results)"
-    flagged = set(results.get("random_weights", []))
-    head = ["dataset", "model", "explainer", "finding", "n+"] + [c[1] for c in cols]
-    body = []
-    for r in rows:
-        model = r["model"] + (" (random weights)" if r["model"] in flagged else "")
-        cells = [r["dataset"], model, r["explainer"], "MEAN" if r["finding"] == MEAN else r["finding"],
-                 str(r.get("n_regions", ""))]
-        cells += ["-" if r.get(k) is None else f"{r[k]:.3f}" for k, _ in cols]
-        body.append(cells)
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    line = lambda cells: "  ".join(c.ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    out = [line(head), "  ".join("-" * w for w in widths)]
-    prev = None
-    for cells, r in zip(body, rows):
-        key = (r["dataset"], r["model"], r["explainer"])
-        if prev is not None and key != prev:
-            out.append("")
-        prev = key
-        out.append(line(cells))
-    return "\n".join(out)
+            logging.getLogger("xbench").warning("warning: observer %s failed: %s", name, exc)
