@@ -6,6 +6,7 @@ validation split pairs with the test split), and the page in a real headless Chr
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
@@ -19,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -306,12 +308,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.browser
-def test_report_in_headless_chromium(run: Path, tmp_path: Path) -> None:
+def _chromium_bins() -> tuple[str, str]:
     browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
     driver_bin = shutil.which("chromedriver")
     if browser is None or driver_bin is None:
         pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+    return browser, driver_bin
+
+
+@contextlib.contextmanager
+def chromium_page(page: Path, tmp_path: Path) -> Iterator[WebDriver]:
+    """`page` open in a headless Chromium driven through chromedriver, every image loaded."""
+    browser, driver_bin = _chromium_bins()
     port = _free_port()
     proc = subprocess.Popen([driver_bin, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wd = WebDriver(port)
@@ -328,12 +336,29 @@ def test_report_in_headless_chromium(run: Path, tmp_path: Path) -> None:
         caps = {"browserName": "chrome", "goog:chromeOptions": {
             "binary": browser, "args": [*BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]}}
         wd.session = wd.call("POST", "/session", {"capabilities": {"alwaysMatch": caps}}, timeout=120)["sessionId"]
-        wd.call("POST", "/session/{sid}/url", {"url": (run / "report.html").resolve().as_uri()}, timeout=120)
+        wd.call("POST", "/session/{sid}/url", {"url": page.resolve().as_uri()}, timeout=120)
         deadline = time.time() + 60
         while not wd.script("return document.readyState === 'complete' && "
                             "Array.from(document.images).every(function(i){ return i.complete; });"):
             assert time.time() < deadline, "the page did not finish loading"
             time.sleep(0.2)
+        yield wd
+    finally:
+        if wd.session:
+            try:
+                wd.call("DELETE", "/session/{sid}", timeout=30)
+            except (OSError, AssertionError):
+                pass
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.browser
+def test_report_in_headless_chromium(run: Path, tmp_path: Path) -> None:
+    with chromium_page(run / "report.html", tmp_path) as wd:
         images = wd.script("return Array.from(document.images).map(function(i){"
                            " return [i.getAttribute('src'), i.naturalWidth, i.naturalHeight]; });")
         assert len(images) == len(FIGURES) + len(list((run / "figures" / "gallery").glob("*.png")))
@@ -352,17 +377,6 @@ def test_report_in_headless_chromium(run: Path, tmp_path: Path) -> None:
         assert pixels.std() > 20 and _colors(pixels) > 100, "blank screenshot"
         if os.environ.get("XBENCH_KEEP_SCREENSHOT"):
             shot.save(os.environ["XBENCH_KEEP_SCREENSHOT"])
-    finally:
-        if wd.session:
-            try:
-                wd.call("DELETE", "/session/{sid}", timeout=30)
-            except (OSError, AssertionError):
-                pass
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 # ---- the gallery needs no model -------------------------------------------------------------------
@@ -436,3 +450,46 @@ def test_report_draws_the_gallery_from_the_run_directory_alone(tmp_path: Path) -
     assert set(again) == set(drawn)
     for name in drawn:  # the same pixels as the report written while the plugin was there
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(again[name]))), np.asarray(Image.open(io.BytesIO(drawn[name]))))
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The xbench-paper preset on synthetic data of its seven datasets, with the two baselines."""
+    import importlib.util
+
+    _chromium_bins()  # skip before the run when no browser is at hand
+    spec = importlib.util.spec_from_file_location("paper_fixtures", Path(__file__).parent / "paper_fixtures.py")
+    assert spec is not None and spec.loader is not None
+    fx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fx)
+    base = tmp_path_factory.mktemp("paper")
+    args = ["run", "--preset", "xbench-paper", "--models", "random,center", "--limit", "2", "--out",
+            str(base / "run"), "--quiet", "--device", "cpu"]
+    for s in fx.write_paper_data(base / "data"):
+        args += ["--set", s]
+    assert main(args) == 0
+    return base / "run"
+
+
+@pytest.mark.browser
+def test_paper_tables_in_headless_chromium(paper_run: Path, tmp_path: Path) -> None:
+    """The paper's section: Table 1 with the seven dataset groups in the paper's order, Tables 2-5,
+    best and second marked, and Figures 3-4 loaded."""
+    with chromium_page(paper_run / "report.html", tmp_path) as wd:
+        assert wd.script("return !!document.querySelector('nav a[href=\"#paper\"]');")
+        titles = wd.script("return Array.from(document.querySelectorAll('#paper .table h4')).map(function(h){"
+                           " return h.textContent; });")
+        assert titles[0] == "Table 1: grounding across datasets"
+        assert [t.split(":")[0] for t in titles] == ["Table 1", "Table 2", "Table 2", "Table 3", "Table 4", "Table 5"]
+        groups = wd.script("return Array.from(document.querySelectorAll('#paper .table')[0]"
+                           ".querySelectorAll('tr.group th')).map(function(h){ return h.textContent; });")
+        assert groups[1:] == ["COVID-19", "Pneumonia", "Pneumothorax", "CheXDet-10", "CheXlocalize", "VinDR-CXR",
+                              "ChestX-ray14"]
+        marks = wd.script("var t = document.querySelectorAll('#paper .table')[0];"
+                          "return [t.querySelectorAll('td.best').length, t.querySelectorAll('td.second').length,"
+                          " t.querySelectorAll('tbody tr').length];")
+        assert marks[2] == 2 and marks[0] >= 21  # two models: every column has a best (ties: both)
+        figures = wd.script("return Array.from(document.querySelectorAll('#paper img')).map(function(i){"
+                            " return [i.getAttribute('src'), i.naturalWidth]; });")
+        assert sorted(src for src, _ in figures) == ["figures/paper_figure3.png", "figures/paper_figure4.png"]
+        assert all(w > 0 for _, w in figures)

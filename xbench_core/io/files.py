@@ -41,6 +41,7 @@ ID_COLUMNS: tuple[str, ...] = (
     "file_name",
     "filename",
     "file",
+    "filepath",  # MAVL's covid_rural test.csv: a one-column list under this header
     "image_path",
     "img_path",
     "path",

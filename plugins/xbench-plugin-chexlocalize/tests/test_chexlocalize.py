@@ -380,3 +380,17 @@ def test_real_predicted_segmentations():
     assert all(len(r) == 10 for r in regions.values())
     assert regions[REAL]["cardiomegaly"].size == (2320, 2828)
     assert regions["patient64542_study1_view1_frontal"]["edema"].rasterize().sum() == 69275
+
+
+def test_published_chexpert_test_list_format(tmp_path):
+    """MAVL's chexpertv1/filter_test_labels.csv (`Path,<14 labels>`, 500 CheXpert test images) is
+    accepted as a split_file: its `Path` values become CheXlocalize ids."""
+    from xbench_plugin_chexlocalize.dataset import cxr_id
+
+    from xbench_core.io.files import read_id_list
+
+    listing = read_id_list(realdata("splits", "mavl-chexpertv1-filter_test_labels.csv"),
+                           normalize=lambda v: cxr_id(v) or v.strip())
+    assert len(listing.ids) == 500 and not listing.repeats and not listing.empty_lines
+    assert listing.ids[0] == "patient64741_study1_view1_frontal"
+    assert all(cxr_id(i) == i for i in listing.ids)

@@ -255,3 +255,24 @@ def test_missing_size_is_taken_from_the_image(tmp_path: Path) -> None:
     s = ds[i]
     assert s.meta["size"] == (H, W) and s.regions["covid19"].size == (H, W)
     np.testing.assert_array_equal(s.regions["covid19"].rasterize(), pil_union([CONS]))
+
+
+def test_published_mavl_split_file(tmp_path: Path) -> None:
+    """MAVL's covid_rural test.csv as published: a `filepath` column of 45 image stems. The
+    annotated stems it lists are kept (two written here, and STEM_B, which it lists too), the
+    others are reported."""
+    from xbench_core.testing import realdata
+
+    split = realdata("splits", "mavl-covid_rural-test.csv")
+    stems = [line.strip() for line in split.read_text().splitlines()[1:] if line.strip()]
+    assert len(stems) == 45
+    root = write_repository(tmp_path / "repo")
+    jpgs = root / "covid_rural_annot" / "jpgs"
+    lungs = [shape("right_lung", RIGHT_LUNG), shape("left_lung", LEFT_LUNG)]
+    for stem in stems[:2]:
+        write_case(jpgs, jpgs / "jsons", stem, [*lungs, shape("consolidation", CONS)])
+    ds = build(root=str(root / "covid_rural_annot"), split_file=str(split))
+    kept = sorted(set(stems) & {*stems[:2], STEM_A, STEM_B, STEM_C, STEM_D})
+    assert STEM_B in kept and len(kept) == 3
+    assert [ds.annotation(i).id for i in range(len(ds))] == kept
+    assert len([p for p in ds.problems if "no annotation" in p.message]) == 42
