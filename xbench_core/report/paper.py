@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .tables import MEAN, Column, Line, Table, finding_label
+from ..schema import MEAN
+from .tables import Column, Line, Table, finding_label
 
 PAPER_SECTION = ("paper", None)  # the report section of the paper's layouts
 # (dataset plugin, the paper's column name), in the paper's order
