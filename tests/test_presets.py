@@ -179,4 +179,5 @@ def test_inspect_preset_on_the_real_label_files(home: Path, capsys: pytest.Captu
     assert report["cases"] == 9023 and report["paper_cases"] == 12601 and report["difference"] == -3578
     assert set(report["not_counted"]) == {"covid-rural", "chexlocalize", "vindr-cxr"}
     assert "--set covid-rural.root=DIR" in report["not_counted"]["covid-rural"]
+    assert ds["covid-rural"]["split_file_lists"] == 45 and "split_file_lists" not in ds["vindr-cxr"]
     assert "3,578" in report["explanation"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import XBenchError
 from ..inspect import format_inspection, inspect_dataset
-from . import _entries, get, load_config, resolve_pinned
+from . import _entries, get, is_pinned, load_config, pin, resolve_pinned
 
 CASE_RULES = {
     "images": "every image of the split",
@@ -53,7 +53,7 @@ def inspect_preset(
             report = inspect_dataset(spec.build(**options), skip_images=skip_images, progress=progress)
         except XBenchError as exc:
             uncounted[name] = str(exc)
-            datasets[name] = {"error": str(exc)}
+            datasets[name] = {"error": str(exc), **_listed(item, sets.get(name, {}))}
             continue
         report["cases"] = report[rule]
         report["case_rule"] = rule
@@ -87,11 +87,27 @@ def _explain(cases: dict[str, int], uncounted: dict[str, str], rules: dict[str, 
     return text + " The choices behind each count are in the README's protocol section."
 
 
+def _listed(item: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """How many images a dataset's split file lists, when it can be read without the dataset."""
+    from ..io.files import read_id_list
+
+    try:
+        value = given.get("split_file", item.get("split_file"))
+        if value is None:
+            return {}
+        path = pin(item["name"], "split_file", value) if is_pinned(value) else value
+        return {"split_file_lists": len(read_id_list(path))}
+    except XBenchError:
+        return {}
+
+
 def format_preset_inspection(report: dict[str, Any]) -> str:
     lines = []
     for name, item in report["datasets"].items():
         if "error" in item:
-            lines.append(f"{name}: not counted: {item['error']}")
+            listed = item.get("split_file_lists")
+            also = f" (its split file lists {listed:,} images)" if listed is not None else ""
+            lines.append(f"{name}: not counted: {item['error']}{also}")
         else:
             lines.append(format_inspection(item))
             lines.append(f"  cases: {item['cases']} ({CASE_RULES[item['case_rule']]})")
