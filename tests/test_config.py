@@ -94,8 +94,10 @@ def test_mistyped_option_names_it(registry):
         ({"batch_size": "many"}, "batch_size must be a int"),
         ({"batch_size": 2.5}, "batch_size must be a int"),
         ({"batch_size": True}, "batch_size must be a int"),
-        ({"batch_size": 0}, "batch_size and limit must be >= 1"),
-        ({"workers": -1}, "workers >= 0"),
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"workers": -1}, "workers must be >= 0, got -1"),
+        ({"fail_fast": "sometimes"}, "fail_fast must be a bool, got 'sometimes'"),
+        ({"save_maps": 1}, "save_maps must be a bool"),
         ({"limit": 0}, "limit must be >= 1"),
         ({"precision": "fp8"}, "precision must be one of fp32, bf16, fp16"),
         ({"grounding": {"fixed_treshold": 0.5}}, "unknown grounding key 'fixed_treshold'; did you mean 'fixed_threshold'"),
@@ -193,6 +195,32 @@ def test_load_yaml_errors(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert load_yaml(empty) == {}
+
+
+@pytest.mark.parametrize("text, expect", [("'no'", False), ("'false'", False), ("'off'", False),
+                                          ("'yes'", True), ("'true'", True), ("no", False), ("false", False)])
+def test_quoted_booleans_mean_what_they_say(registry, tmp_path, text, expect):
+    """Issue 16 item 1: `fail_fast: 'no'` was bool('no') = True; core keys coerce like options."""
+    path = tmp_path / "run.yaml"
+    path.write_text(f"fail_fast: {text}\nsave_maps: {text}\nimage_cache: {text}\n")
+    cfg = build_config(load_yaml(path), registry)
+    assert cfg.fail_fast is expect and cfg.save_maps is expect
+    assert (cfg.image_cache is not None) is expect
+
+
+def test_option_ranges():
+    """Issue 16 item 9: options declare their ranges; NaN and infinity are not numbers of a range."""
+    size = Option("size", int, 200, help="images", min=1)
+    assert size.coerce("3", "phantom") == 3
+    with pytest.raises(ConfigError, match=r"^phantom\.size must be >= 1, got 0 \(images\)$"):
+        size.coerce(0, "phantom")
+    sigma = Option("sigma", float, 0.25, min=0, max=10)
+    for bad in ("nan", float("inf"), "-inf"):
+        with pytest.raises(ConfigError, match=r"center\.sigma must be a finite number"):
+            sigma.coerce(bad, "center")
+    with pytest.raises(ConfigError, match=r"center\.sigma must be >= 0 and <= 10, got 11\.0"):
+        sigma.coerce(11, "center")
+    assert Option("x", float, finite=False).coerce("inf", "m") == float("inf")
 
 
 # ---- Option.coerce -----------------------------------------------------------------------------

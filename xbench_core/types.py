@@ -32,12 +32,18 @@ __all__ = [
 Factory = Callable[..., Any] | str
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+BOOL_WORDS = _TRUE | _FALSE
+
+
 @dataclass(frozen=True)
 class Option:
     """One option a component accepts, with its type and default, validated before use.
 
     `type` is one of str, int, float, bool, list, dict, or "path" (a str that names a file or folder).
-    A required option has no default.
+    A required option has no default. `min`/`max` bound a number (inclusive); a float must be
+    finite unless `finite=False`. The core's own config keys are checked by the same `coerce`.
     """
 
     name: str
@@ -46,18 +52,26 @@ class Option:
     help: str = ""
     required: bool = False
     choices: tuple[Any, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    finite: bool = True
 
-    def coerce(self, value: Any, owner: str) -> Any:
-        """Check and convert a value (from YAML or from `--set NAME.KEY=VALUE` text)."""
+    def coerce(self, value: Any, owner: str = "") -> Any:
+        """Check and convert a value (from YAML or from `--set NAME.KEY=VALUE` text).
+
+        Quoted booleans (`'no'`, `"false"`) mean what they say: text is never truthy by itself.
+        """
         if value is None:
             return None
+        label = f"{owner}.{self.name}" if owner else self.name
         kind = str if self.type == "path" else self.type
+        given = value
         try:
             if kind is bool and isinstance(value, str):
                 low = value.strip().lower()
-                if low not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                if low not in BOOL_WORDS:
                     raise ValueError(value)
-                value = low in {"1", "true", "yes", "on"}
+                value = low in _TRUE
             elif kind is bool and not isinstance(value, bool):
                 raise ValueError(value)
             elif kind in (int, float) and isinstance(value, bool):
@@ -69,20 +83,32 @@ class Option:
             elif kind is dict and not isinstance(value, Mapping):
                 raise ValueError(value)
             elif kind in (str, int, float):
-                value = kind(value)
+                value = kind(value.strip() if kind is not str and isinstance(value, str) else value)
             elif kind is list and not isinstance(value, (list, tuple)):
                 raise ValueError(value)
         except (TypeError, ValueError):
             tname = "path" if self.type == "path" else getattr(self.type, "__name__", str(self.type))
             raise ConfigError(
-                f"{owner}.{self.name} must be a {tname}, got {value!r}"
-                + (f" ({self.help})" if self.help else "")
+                f"{label} must be a {tname}, got {given!r}" + (f" ({self.help})" if self.help else "")
             ) from None
+        if kind in (int, float):
+            self._check_range(value, label)
         if self.choices is not None and value not in self.choices:
-            raise ConfigError(
-                f"{owner}.{self.name} must be one of {', '.join(map(str, self.choices))}; got {value!r}"
-            )
+            raise ConfigError(f"{label} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
         return value
+
+    def _check_range(self, value: float, label: str) -> None:
+        import math
+
+        if self.finite and not math.isfinite(value):
+            raise ConfigError(f"{label} must be a finite number, got {value!r}")
+        low = "" if self.min is None else f">= {self.min:g}"
+        high = "" if self.max is None else f"<= {self.max:g}"
+        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+            allowed = " and ".join(b for b in (low, high) if b)
+            raise ConfigError(
+                f"{label} must be {allowed}, got {value!r}" + (f" ({self.help})" if self.help else "")
+            )
 
 
 def resolve_factory(factory: Factory, owner: str) -> Callable[..., Any]:

@@ -20,9 +20,9 @@ def xbench_register_datasets(register: Callable[[Any], None]) -> None:
             findings=("nodule", "mass", "consolidation", "pleural_effusion", "pneumothorax", "cardiomegaly"),
             splits=("test",),
             options=(
-                Option("size", int, 200, "number of images"),
-                Option("seed", int, 0, "generator seed: image i depends only on (seed, i)"),
-                Option("resolution", int, 512, "image side in pixels"),
+                Option("size", int, 200, "number of images", min=1),
+                Option("seed", int, 0, "generator seed: image i depends only on (seed, i)", min=0),
+                Option("resolution", int, 512, "image side in pixels", min=64),
                 Option("split", str, "test", "the only split", choices=("test",)),
             ),
         )
@@ -37,7 +37,7 @@ def xbench_register_models(register: Callable[[Any], None]) -> None:
             summary="Chance reference: random maps and scores, seeded by image content",
             factory="xbench_core.builtin.baselines:RandomBaseline",
             map_kind="random",
-            options=(Option("seed", int, 0, "seed of the random maps and scores"),),
+            options=(Option("seed", int, 0, "seed of the random maps and scores", min=0),),
         )
     )
     register(
@@ -46,7 +46,7 @@ def xbench_register_models(register: Callable[[Any], None]) -> None:
             summary="Prior reference: a centered Gaussian map and a constant score 0.5",
             factory="xbench_core.builtin.baselines:CenterBaseline",
             map_kind="prior",
-            options=(Option("sigma", float, 0.25, "Gaussian width as a fraction of the image side"),),
+            options=(Option("sigma", float, 0.25, "Gaussian width as a fraction of the image side", min=1e-3, max=10),),
         )
     )
     register(

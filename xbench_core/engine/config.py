@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..plugins import Registry
+from ..types import Option
 from .faithfulness import FaithfulnessSettings
 from .image_cache import CacheSettings
 
@@ -232,7 +233,7 @@ def build_config(
     if abs(round(cfg.fixed_threshold * 100) - cfg.fixed_threshold * 100) > 1e-6 or not 0 <= cfg.fixed_threshold <= 1:
         raise ConfigError("grounding.fixed_threshold must be on the 0.01 grid in [0, 1] (for example 0.5)")
     ev = grounding.get("eval_size")
-    cfg.eval_size = None if ev is None else _typed(ev, int, "grounding.eval_size")
+    cfg.eval_size = None if ev is None else _typed(ev, int, "grounding.eval_size", 1)
     cfg.strata = _strata(grounding.get("strata", list(DEFAULT_STRATA)))
     cfg.out = data.get("out")
     cfg.device = str(data.get("device", "auto"))
@@ -241,17 +242,15 @@ def build_config(
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     batch = data.get("batch_size", 8)
     cfg.auto_batch = isinstance(batch, str) and batch.strip().lower() == "auto"
-    cfg.batch_size = AUTO_BATCH if cfg.auto_batch else _typed(batch, int, "batch_size")
-    cfg.workers = _typed(data.get("workers", 0), int, "workers")
+    cfg.batch_size = AUTO_BATCH if cfg.auto_batch else _typed(batch, int, "batch_size", 1)
+    cfg.workers = _typed(data.get("workers", 0), int, "workers", 0)
     lim = data.get("limit")
-    cfg.limit = None if lim is None else _typed(lim, int, "limit")
+    cfg.limit = None if lim is None else _typed(lim, int, "limit", 1)
     cfg.seed = _typed(data.get("seed", 0), int, "seed")
-    cfg.save_maps = bool(data.get("save_maps", True))
-    cfg.fail_fast = bool(data.get("fail_fast", False))
+    cfg.save_maps = _typed(data.get("save_maps", True), bool, "save_maps")
+    cfg.fail_fast = _typed(data.get("fail_fast", False), bool, "fail_fast")
     cfg.image_cache = CacheSettings.parse(data.get("image_cache"))
     cfg.faithfulness = FaithfulnessSettings.parse(data.get("faithfulness"))
-    if cfg.batch_size < 1 or cfg.workers < 0 or (cfg.limit is not None and cfg.limit < 1):
-        raise ConfigError("batch_size and limit must be >= 1, workers >= 0")
     return cfg
 
 
@@ -266,13 +265,9 @@ def _strata(value: Any) -> tuple[float, ...]:
     return bounds
 
 
-def _typed(value: Any, kind: type, name: str) -> Any:
-    if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
-        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+def _typed(value: Any, kind: type, name: str, low: float | None = None, high: float | None = None) -> Any:
+    """A core config value, coerced exactly like a plugin option (quoted booleans included)."""
+    return Option(name, kind, min=low, max=high).coerce(value)
 
 
 def default_out(cfg: RunConfig) -> str:

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..types import BOOL_WORDS as _BOOL_WORDS
+from ..types import Option
 
 FORMAT = 1  # bump when the stored arrays change meaning
 CHUNK = 1 << 20
@@ -47,6 +49,8 @@ class CacheSettings:
         """`image_cache: true | false | PATH | {dir, max_gb, max_side}` -> settings (None: off)."""
         from ..assets import xbench_home
 
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:  # 'no' is not a folder
+            value = Option("image_cache", bool).coerce(value)
         if value in (None, False):
             return None
         default_dir = str(xbench_home() / "image-cache")

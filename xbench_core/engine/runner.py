@@ -28,6 +28,7 @@ from . import calls
 from .config import RunConfig
 from .device import resolve_device
 from .plan import DatasetPlan, plan_dataset
+from .shapes import maps_problem, scores_problem
 
 
 @dataclass
@@ -282,6 +283,8 @@ class Runner:
         pixels = pixels.to(self.device, non_blocking=True)
         try:
             output = calls.forward(m.model, pixels, queries, self.device, self.cfg.precision)
+            if problem := scores_problem(m.name, output.scores, len(good), findings):
+                raise MapError(problem)
             scores = output.scores.float().cpu().numpy()
         except Exception as exc:
             self._raise_if_retry(exc, len(good))
@@ -294,6 +297,8 @@ class Runner:
         for ename, explainer, espec in m.explainers:
             try:
                 maps = calls.explain(explainer, espec.needs_grad, m.model, pixels, queries, output, self.device, self.cfg.precision)
+                if problem := maps_problem(f"model {m.name} with explainer {ename}", maps, len(good), findings):
+                    raise MapError(problem)
             except Exception as exc:
                 self._raise_if_retry(exc, len(good))
                 if self.cfg.fail_fast:

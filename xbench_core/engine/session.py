@@ -47,7 +47,17 @@ def versions(registry: Registry) -> dict[str, Any]:
     }
 
 
-def execute(
+def execute(cfg: RunConfig, registry: Registry, **options: Any) -> tuple[RunStore, dict[str, Any] | None]:
+    """Run `cfg` holding its run directory's lock (see engine/lock.py); options as `_execute`."""
+    from .lock import run_lock
+
+    sharded = options.get("world", 1) > 1 or options.get("shard_name") is not None
+    shard = options.get("shard_name") or str(options.get("rank", 0))
+    with run_lock(Path(cfg.out or default_out(cfg)), shard if sharded else None):
+        return _execute(cfg, registry, **options)
+
+
+def _execute(
     cfg: RunConfig,
     registry: Registry,
     *,
@@ -67,7 +77,9 @@ def execute(
     if rank == 0:
         check_identity(store, cfg, overwrite)
         if overwrite and out.exists():
-            shutil.rmtree(out)
+            for child in out.iterdir():  # the lock files stay: this run holds them
+                if not child.name.startswith(".lock"):
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
