@@ -4,6 +4,7 @@ typed one-line error, an error record or a listed problem), never silent and nev
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "faults.py"
 _spec = importlib.util.spec_from_file_location("xbench_faults", _PATH)
 assert _spec is not None and _spec.loader is not None
 faults = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = faults  # dataclasses look their module up
 _spec.loader.exec_module(faults)
 
 
