@@ -6,9 +6,11 @@ error record or a listed problem. A case ends in one of three ways:
 - ok: the fault was noticed and nothing finished was lost;
 - silent: it was not noticed (a wrong result, or a problem nobody is told about): the case's
   assertion fails;
-- traceback: an exception other than XBench's typed errors escaped.
+- traceback: an exception other than XBench's typed errors escaped;
+- skipped: the plugin the case breaks is not installed (a core-only environment).
 
     python benchmarks/faults.py            # runs every case; the last line is the verdict
+    python benchmarks/faults.py 3 4        # only cases 3 and 4
     pytest tests/test_faults.py            # the same cases, one test each
 
 The last line printed is `faults: N cases, S silent, T tracebacks`.
@@ -29,6 +31,10 @@ from pathlib import Path
 from typing import Any
 
 CASES: dict[str, Callable[[Path], None]] = {}
+
+
+class Skip(Exception):
+    """A case that cannot run here (the plugin it breaks is not installed)."""
 
 
 def case(name: str) -> Callable[[Callable[[Path], None]], Callable[[Path], None]]:
@@ -114,6 +120,8 @@ def _shape_plugin() -> Any:
                 maps = maps[:, 0]
             elif self.fault == "flat_scores":
                 scores = scores[:, 0]
+            elif self.fault == "constant":  # a model whose map carries no information
+                maps = torch.zeros_like(maps)
             return ModelOutput(scores=scores, maps={"prior": maps})
 
     class Plugin:
@@ -146,6 +154,103 @@ def wrong_shapes(tmp: Path) -> None:
             results = json.loads((run / "results.json").read_text())
             scored = [r for r in results["rows"] if r["model"] == "misshapen" and r.get("pointing_game") is not None]
             assert not scored, f"{fault}: misshapen maps were scored: {scored[:1]}"
+
+
+# ---- 3. label files naming files outside the dataset root ---------------------------------------
+def _plugin_installed(name: str) -> None:
+    from xbench_core.plugins import get_registry
+
+    if name not in get_registry().datasets:
+        raise Skip(f"the {name} plugin is not installed")
+
+
+@case("3 label ids that escape the dataset root (RSNA ../../../outside/evil, ChestX-Det10 /etc/passwd)")
+def escaping_labels(tmp: Path) -> None:
+    outside = tmp / "outside"
+    outside.mkdir()
+    (outside / "evil.dcm").write_bytes(b"not read")
+    _plugin_installed("rsna-pneumonia")
+    root = tmp / "rsna" / "a" / "b"
+    (root / "stage_2_train_images").mkdir(parents=True)
+    (root / "stage_2_train_labels.csv").write_text(
+        "patientId,x,y,width,height,Target\n"
+        f"../../../outside/evil,,,,,0\n{outside / 'evil'},,,,,0\nplain,,,,,0\n")
+    report = _inspect("rsna-pneumonia", root)
+    assert report["images"] == 1, report
+    lines = {p["line"] for p in report["problems"] if "dataset root" in p["message"]}
+    assert lines == {2, 3}, report["problems"]
+    _plugin_installed("chestx-det10")
+    root = tmp / "det10"
+    root.mkdir()
+    (root / "test.json").write_text(json.dumps([
+        {"file_name": "/etc/passwd", "syms": [], "boxes": []},
+        {"file_name": "../../outside/evil.dcm", "syms": [], "boxes": []},
+        {"file_name": "36302.png", "syms": [], "boxes": []}]))
+    report = _inspect("chestx-det10", root)
+    assert report["images"] == 1, report
+    assert sum("dataset root" in p["message"] for p in report["problems"]) == 2, report["problems"]
+
+
+def _inspect(name: str, root: Path) -> dict[str, Any]:
+    out = xbench("inspect", name, "--root", str(root), "--skip-images", "--json")
+    assert out.code == 0, out.err
+    return json.loads(out.out)
+
+
+# ---- 4. an image too small for its labels -------------------------------------------------------
+def _tiny_plugin(side: int) -> Any:
+    from xbench_core import Dataset, DatasetSpec, Option, Problem, Region, Sample, hookimpl
+
+    class Tiny(Dataset):
+        """Four images of `side` pixels whose boxes were drawn on 1024x1024 (a thumbnail in place
+        of the release's file), and their labels."""
+
+        def __init__(self, root: str, side: int = side, frame: int = 1024, problems: int = 0) -> None:
+            self.name, self.split, self.findings = "tiny", "test", ("pneumonia",)
+            self.root, self.side, self.frame = Path(root), side, frame
+            # what a label file's parser reports: rows it skipped
+            self.problems = [Problem(str(self.root / "labels.csv"), f"Target 'x{k}' is not 0 or 1; row skipped",
+                                     line=k + 2) for k in range(problems)]
+
+        def __len__(self) -> int:
+            return 4
+
+        def annotation(self, i: int) -> Sample:
+            region = Region.from_boxes((self.frame, self.frame), [[10, 20, 40, 60]])
+            return Sample("tiny", f"img{i}", None, {"pneumonia": 1}, {"pneumonia": region},
+                          {"path": str(self.root / f"img{i}.png"), "size": (self.frame, self.frame)})
+
+        def load_image(self, sample: Sample) -> Any:
+            import numpy as np
+
+            return np.full((self.side, self.side), 0.5, dtype=np.float32)
+
+    class Plugin:
+        @hookimpl
+        def xbench_register_datasets(self, register: Any) -> None:
+            register(DatasetSpec(name="tiny", summary="1x1 images", factory=Tiny, findings=("pneumonia",),
+                                 options=(Option("root", "path", required=True), Option("side", int, side),
+                                          Option("frame", int, 1024), Option("problems", int, 0))))
+
+    return Plugin()
+
+
+@case("4 a 1x1 image whose box was drawn on 1024x1024 (perfect pointing game for any model)")
+def degenerate_image(tmp: Path) -> None:
+    from xbench_core.testing import temporary_plugin
+
+    with temporary_plugin(_tiny_plugin(1), "faults-tiny"):
+        run = tmp / "run"
+        out = xbench("run", "--datasets", "tiny", "--set", f"tiny.root={tmp}", "--models", "random",
+                     "--out", str(run), "--quiet")
+        assert out.code == 0, out.err
+        recs = records(run)
+        assert recs and all(r["error"] and "1x1" in r["error"] and r["stats"] is None for r in recs), recs[:1]
+        results = json.loads((run / "results.json").read_text())
+        assert not any(r.get("pointing_game") is not None for r in results["rows"]), results["rows"]
+        out = xbench("inspect", "tiny", "--root", str(tmp), "--json")
+        assert out.code == 0, out.err
+        assert sum("1x1" in p["message"] for p in json.loads(out.out)["problems"]) == 4
 
 
 # ---- 5. two runs on one run directory ----------------------------------------------------------
@@ -182,6 +287,50 @@ def _all_lines(run: Path) -> Any:
         yield from path.read_text().splitlines()
 
 
+# ---- 6. label problems of a run --------------------------------------------------------------
+@case("6 label problems that inspect lists are hidden by run (only a count in the manifest)")
+def hidden_problems(tmp: Path) -> None:
+    from xbench_core.testing import temporary_plugin
+
+    with temporary_plugin(_tiny_plugin(128), "faults-tiny"):
+        run = tmp / "run"
+        out = xbench("run", "--datasets", "tiny", "--set", f"tiny.root={tmp}", "--set", "tiny.frame=128",
+                     "--set", "tiny.problems=12", "--models", "center", "--out", str(run))
+        assert out.code == 0, out.err
+    assert "12 label problems in tiny (12 row skipped)" in out.out, out.out
+    assert "labels.csv:2: Target 'x0' is not 0 or 1; row skipped" in out.out, out.out
+    results = json.loads((run / "results.json").read_text())
+    problems = results["problems"]["tiny"]
+    assert problems["count"] == 12 and len(problems["first"]) == 5, problems
+    full = (run / problems["file"]).read_text().splitlines()
+    assert len(full) == 12 and json.loads(full[-1])["line"] == 13
+    report = run / "report.html"
+    if report.exists():  # written when matplotlib is installed
+        assert "12 label problems in tiny" in report.read_text()
+
+
+# ---- 7. constant maps --------------------------------------------------------------------------
+@case("7 constant maps counted only inside raw records (not in results rows, table or report)")
+def constant_maps(tmp: Path) -> None:
+    from xbench_core.testing import temporary_plugin
+
+    with temporary_plugin(_shape_plugin(), "faults-shapes"):
+        run = tmp / "run"
+        out = xbench("run", *PHANTOM, "--models", "misshapen", "--set", "misshapen.fault=constant",
+                     "--out", str(run))
+        assert out.code == 0, out.err
+    rows = json.loads((run / "results.json").read_text())["rows"]
+    grounded = [r for r in rows if r["finding"] != "__mean__" and r["n_regions"]]
+    assert grounded and all(r.get("n_constant_maps") == r["n_regions"] for r in grounded), grounded[:1]
+    mean = next(r for r in rows if r["finding"] == "__mean__")
+    assert mean["n_constant_maps"] == sum(r["n_regions"] for r in grounded)
+    head = next(line for line in out.out.splitlines() if line.startswith("dataset"))
+    assert head.split()[-1] == "const", head
+    report = run / "report.html"
+    if report.exists():  # written when matplotlib is installed
+        assert "Constant maps" in report.read_text()
+
+
 # ---- 9. option values out of range ------------------------------------------------------------
 @case("9 option values out of range (phantom.size=0, center.sigma=nan) pass validate")
 def option_ranges(tmp: Path) -> None:
@@ -208,6 +357,8 @@ def run_case(name: str) -> tuple[str, str]:
         try:
             CASES[name](Path(tmp))
             return "ok", ""
+        except Skip as exc:
+            return "skipped", str(exc)
         except AssertionError as exc:
             return "silent", str(exc) or traceback.format_exc(limit=-2)
         except Exception:  # noqa: BLE001 - the point: any untyped exception is a finding
@@ -218,15 +369,17 @@ def run_case(name: str) -> tuple[str, str]:
 
 
 def main(names: list[str] | None = None) -> int:
-    verdicts = {"ok": 0, "silent": 0, "traceback": 0}
-    for name in names or list(CASES):
+    verdicts = {"ok": 0, "skipped": 0, "silent": 0, "traceback": 0}
+    chosen = [n for n in CASES if not names or any(n.split()[0] == a for a in names)]  # by number
+    for name in chosen:
         verdict, detail = run_case(name)
         verdicts[verdict] += 1
         print(f"{verdict:<9}  {name}")
         if detail:
             print("           " + detail.strip().replace("\n", "\n           "))
     total = sum(verdicts.values())
-    print(f"faults: {total} cases, {verdicts['silent']} silent, {verdicts['traceback']} tracebacks")
+    skipped = f" ({verdicts['skipped']} skipped: plugin not installed)" if verdicts["skipped"] else ""
+    print(f"faults: {total} cases, {verdicts['silent']} silent, {verdicts['traceback']} tracebacks{skipped}")
     return 0 if verdicts["silent"] == verdicts["traceback"] == 0 else 1
 
 

@@ -20,4 +20,6 @@ _spec.loader.exec_module(faults)
 @pytest.mark.parametrize("name", list(faults.CASES))
 def test_fault_is_noticed(name: str) -> None:
     verdict, detail = faults.run_case(name)
+    if verdict == "skipped":
+        pytest.skip(detail)
     assert verdict == "ok", f"{verdict}: {detail}"

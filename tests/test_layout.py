@@ -159,3 +159,33 @@ def test_label_table_dataset(tmp_path: Path) -> None:
     np.testing.assert_array_equal(sample.regions["x"].boxes, [[0, 0, 2, 2]])
     with pytest.raises(ImageReadError, match="no image b"):
         ds[1]
+
+
+def test_image_fit_problem() -> None:
+    """Issue 16 item 4: an image that cannot carry its regions (a 1x1 placeholder for a 1024x1024
+    release image, another shape) is a problem; resized copies of the same image are not."""
+    from xbench_core.io.layout import image_fit_problem
+
+    def sample(shape: tuple[int, int], frame: tuple[int, int]) -> Sample:
+        region = Region.from_boxes(frame, [[10, 10, 50, 50]])
+        return Sample("d", "x", np.zeros(shape, np.float32), {"pneumonia": 1}, {"pneumonia": region}, {})
+
+    for shape, frame in [((1024, 1024), (1024, 1024)), ((512, 512), (1024, 1024)), ((320, 390), (2320, 2828)),
+                         ((32, 32), (1024, 1024)), ((2544, 3056), (2544, 3056)), ((40, 50), (40, 50))]:
+        assert image_fit_problem(sample(shape, frame)) is None, (shape, frame)
+    assert "1x1 pixels, smaller than the minimum side of 16" in image_fit_problem(sample((1, 1), (1024, 1024)))
+    assert "more than 32 times larger" in image_fit_problem(sample((20, 20), (1024, 1024)))
+    assert "not the same image resized" in image_fit_problem(sample((512, 256), (1024, 1024)))
+    assert "not the same image resized" in image_fit_problem(sample((1024, 1024), (2048, 2500)))
+
+
+def test_label_name_problem() -> None:
+    """Issue 16 item 3: names read from label files may not reach outside the dataset's folders."""
+    from xbench_core.io.layout import label_name_problem
+
+    for ok in ("00000001_000.png", "patient1_study2_view1_frontal", "1.2.840.10008.5", "a/b/c.png", "x..y"):
+        assert label_name_problem(ok) is None, ok
+    for bad, why in [("../../../outside/evil", "climbs out"), ("a/../../b", "climbs out"), ("..", "climbs out"),
+                     ("/etc/passwd", "absolute"), ("\\\\server\\share", "absolute"), ("C:\\x.png", "absolute"),
+                     ("~/x.png", "absolute"), ("a\0b", "absolute"), ("", "empty")]:
+        assert why in (label_name_problem(bad) or ""), bad

@@ -213,13 +213,15 @@ def format_table(results: dict[str, Any], per_finding: bool = True) -> str:
     if not rows:
         return "(no results)"
     flagged = set(results.get("random_weights", []))
+    if any(r.get("n_constant_maps") for r in rows):  # scored as uniform maps: the count is shown
+        cols.append(("n_constant_maps", "const"))
     head = ["dataset", "model", "explainer", "finding", "n+"] + [c[1] for c in cols]
     body = []
     for r in rows:
         model = r["model"] + (" (random weights)" if r["model"] in flagged else "")
         cells = [r["dataset"], model, r["explainer"], "MEAN" if r["finding"] == MEAN else r["finding"],
                  str(r.get("n_regions", ""))]
-        cells += ["-" if r.get(k) is None else f"{r[k]:.3f}" for k, _ in cols]
+        cells += ["-" if r.get(k) is None else str(r[k]) if k.startswith("n_") else f"{r[k]:.3f}" for k, _ in cols]
         body.append(cells)
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(c.ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
@@ -242,6 +244,10 @@ def print_summary(results: dict[str, Any], store: Any, info: dict[str, Any] | No
         print(f"{len(errs)} per-sample errors (first 10; all in results.json):")
         for e in errs[:10]:
             print(f"  {e['dataset']}/{e['model']}/{e['explainer']} {e['id']} {e.get('finding') or ''}: {e['error']}")
+    from .engine.problems import problem_lines
+
+    for line in problem_lines(results.get("problems", {}), store.directory):
+        print(line)
     for s in results.get("skipped_explainers", []):
         print(f"skipped explainer {s['explainer']} for {s['model']}: {s['reason']}")
     if results.get("random_weights"):

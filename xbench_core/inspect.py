@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .dataset import Dataset, Problem
+from .errors import DataError
+from .io.layout import image_fit_problem
 
 
 def inspect_dataset(dataset: Dataset, *, skip_images: bool = False, progress: bool = False) -> dict[str, Any]:
@@ -35,7 +37,9 @@ def inspect_dataset(dataset: Dataset, *, skip_images: bool = False, progress: bo
             row["instances"] += region.instances
         if not skip_images:
             try:
-                dataset[i]  # the entry point a run uses
+                sample = dataset[i]  # the entry point a run uses
+                if unfit := image_fit_problem(sample):
+                    raise DataError(unfit)
             except Exception as exc:  # every unreadable image is a problem to report, not a crash
                 image_problems.append(Problem(str(sample.meta.get("path", "?")), str(exc), sample=sample.id))
     # read after the loop: datasets may find problems lazily while annotating (e.g. header reads)

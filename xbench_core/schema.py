@@ -102,6 +102,7 @@ class Results(TypedDict, total=False):
     random_weights: list[str]
     model_notes: dict[str, str]
     skipped_explainers: list[dict[str, str]]
+    problems: dict[str, dict[str, Any]]  # per dataset with label problems: their summary
     rows: list[dict[str, Any]]  # per (dataset, split, model, explainer): one per finding, then MEAN
     errors: list[dict[str, Any]]
     analysis: dict[str, Any]
@@ -127,6 +128,7 @@ def assemble_results(
     metrics: list[str] | None,
     split_of: Callable[[Mapping[str, Any]], Any] | None = None,
     warnings: list[str] | None = None,
+    problems: Mapping[str, Any] | None = None,
 ) -> Results:
     """results.json from records: the rows and analysis (metrics.aggregate) under the run's header.
 
@@ -153,5 +155,6 @@ def assemble_results(
         "random_weights": sorted(k for k, v in models.items() if v.get("random_weights")),
         "model_notes": {k: v["note"] for k, v in models.items() if v.get("note")},
         "skipped_explainers": list(skipped),
+        **({"problems": dict(problems)} if problems else {}),
         **body,
     }

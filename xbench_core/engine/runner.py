@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, MapError, XBenchError
+from ..errors import ConfigError, DataError, MapError, XBenchError
+from ..io.layout import image_fit_problem
 from ..plugins import Registry
 from ..schema import Record, make_record
 from ..store import RunStore
@@ -28,6 +29,7 @@ from . import calls
 from .config import RunConfig
 from .device import resolve_device
 from .plan import DatasetPlan, plan_dataset
+from .problems import summarize_problems
 from .shapes import maps_problem, scores_problem
 
 
@@ -78,6 +80,8 @@ class Items:
             item["labels"] = sample.labels
             if not np.isfinite(sample.image).all():
                 raise XBenchError(f"image of {sample.id} has NaN or infinite pixels")
+            if unfit := image_fit_problem(sample):
+                raise DataError(f"{sample.meta.get('path', sample.id)}: {unfit}")
         except Exception as exc:  # becomes an error record: the run goes on
             item.setdefault("id", self._id(index))
             item["error"] = f"{type(exc).__name__}: {exc}"
@@ -189,7 +193,8 @@ class Runner:
             self.info["datasets"][comp.name] = {
                 "images": len(plan.order),
                 "unsupported": {k: v for k, v in unsupported.items() if v},
-                "problems": len(getattr(dataset, "problems", [])),
+                "problems": summarize_problems(self.store.directory, comp.name, getattr(dataset, "problems", []),
+                                               write=self.rank == 0),
             }
             if not todo:
                 continue

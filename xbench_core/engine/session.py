@@ -142,10 +142,16 @@ def rebuild_results(store: RunStore, registry: Registry, *, metrics: list[str] |
         store.records(), registry, cfg, source={"run": str(store.directory)}, models=manifest.get("models", {}),
         skipped=manifest.get("skipped_explainers", []), xbench=manifest.get("xbench"),
         versions=manifest.get("versions"), metrics=metrics if metrics is not None else cfg.get("metrics"),
-        split_of=split_of, warnings=warnings,
+        split_of=split_of, warnings=warnings, problems=dataset_problems(manifest),
     )
     store.write_json(store.results_path, results)
     return dict(results)
+
+
+def dataset_problems(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The label-problem summaries of a run's datasets that have problems (engine/problems.py)."""
+    return {name: d["problems"] for name, d in manifest.get("datasets", {}).items()
+            if isinstance(d.get("problems"), dict) and d["problems"].get("count")}
 
 
 class _RunView:

@@ -67,11 +67,42 @@ def fit_regions_to_image(sample: Sample) -> Sample:
     """
     shape = tuple(sample.image.shape)  # type: ignore[union-attr]
     label_size = sample.meta.get("size")
+    if unfit := image_fit_problem(sample):  # checked before the regions are stretched to fit
+        raise DataError(f"{sample.meta.get('path', sample.id)}: {unfit}")
     if label_size is not None and shape != tuple(label_size):
         sample.regions = {f: r.resized(shape) for f, r in sample.regions.items()}
         sample.meta["label_size"] = label_size
         sample.meta["size"] = shape
     return sample
+
+
+MIN_IMAGE_SIDE = 16  # pixels: no chest radiograph is smaller
+MAX_DOWNSCALE = 32  # an image may be a copy down to 1/32 of the frame its labels are drawn on
+
+
+def image_fit_problem(sample: Sample) -> str | None:
+    """Why a decoded image cannot carry its sample's regions, or None when it can.
+
+    The regions are drawn on a frame (`Region.size`) that is mapped onto the image; a smaller copy
+    of the same image is fine (same shape up to rounding), but an image of another shape, or one
+    too small to hold the regions (a 1x1 file whose box was drawn on 1024x1024 would cover it
+    whole and score perfectly for any map), is a problem: the sample becomes an error record.
+    """
+    h, w = (int(s) for s in sample.image.shape[:2])  # type: ignore[union-attr]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        return (f"image is {h}x{w} pixels, smaller than the minimum side of {MIN_IMAGE_SIDE}; "
+                "is the file a thumbnail or a placeholder? Replace it with the release's image")
+    for finding, region in sample.regions.items():
+        H, W = (int(s) for s in region.size)
+        sy, sx = h / H, w / W
+        if max(sy, sx) < 1 / MAX_DOWNSCALE:
+            return (f"image is {h}x{w} pixels but the {finding} region is drawn on {H}x{W}, more than "
+                    f"{MAX_DOWNSCALE} times larger; is the file a thumbnail? Use the release's image")
+        # a resized copy keeps the shape: both scale factors agree up to rounding (2% and a pixel)
+        if abs(sy - sx) > 0.02 * max(sy, sx) + 1.0 / min(H, W):
+            return (f"image is {h}x{w} pixels but the {finding} region is drawn on {H}x{W}: not the "
+                    "same image resized; check that the file belongs to this label file")
+    return None
 
 
 def clip_box(box: Sequence[float], size: Size) -> tuple[list[float], str]:
@@ -96,6 +127,27 @@ def clip_box(box: Sequence[float], size: Size) -> tuple[list[float], str]:
 
 
 # -- paths and image folders ------------------------------------------------------------------
+def label_name_problem(value: str) -> str | None:
+    """Why a name read from a label file (an image id, a file name, a relative path) would open a
+    file outside the dataset's folders, or None when it is a plain name below them.
+
+    Absolute paths, `..` components, `~` and NUL bytes are refused: a label file must never make a
+    dataset read a file the user did not point it at. The caller records a Problem with the label
+    file and line (or entry) and drops the sample.
+    """
+    if value and "/" not in value and "\\" not in value and value not in (".", "..") and value[0] != "~" \
+            and "\0" not in value and ":" not in value:
+        return None  # the common case, kept fast: a plain file name or id
+    if not value:
+        return "empty name"
+    parts = value.replace("\\", "/").split("/")
+    if value[0] in "/\\~" or (len(value) > 1 and value[1] == ":") or "\0" in value:
+        return f"{value!r} is an absolute path; labels may only name files below the dataset root"
+    if ".." in parts:
+        return f"{value!r} climbs out of the dataset root ('..'); labels may only name files below it"
+    return None
+
+
 def under_root(root: Path, value: str | os.PathLike) -> Path:
     """A path the user gives: `~` expanded, a relative one taken below the dataset `root`."""
     path = Path(value).expanduser()

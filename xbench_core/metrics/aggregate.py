@@ -60,7 +60,7 @@ def collect(
     cls: dict[tuple, list[tuple[int, float, str]]] = defaultdict(list)
     grd: dict[tuple, list[tuple[np.ndarray, np.ndarray, tuple, str]]] = defaultdict(list)
     extra: dict[GroupKey, dict[str, Any]] = defaultdict(
-        lambda: {"errors": [], "images": set(), "pairs": defaultdict(dict)}
+        lambda: {"errors": [], "images": set(), "pairs": defaultdict(dict), "constant": defaultdict(int)}
     )
     for r in records:
         g = (r["dataset"], split_of(r), r["model"], r["explainer"])
@@ -78,6 +78,7 @@ def collect(
             extra[g]["pairs"][r["id"]][r["finding"]] = (int(r["label"]), float(r["score"]))
         st = r.get("stats")
         if st is not None:
+            extra[g]["constant"][r["finding"]] += bool(st.get("constant_map"))
             # kept as arrays, not the record's lists: memory per region is ~2 KB instead of ~7 KB
             grd[key].append(
                 (
@@ -167,11 +168,12 @@ def mean_row(rows: list[dict[str, Any]], extra: Mapping[str, Any]) -> dict[str, 
     if out["hamming_accuracy"] is None:
         undefined["hamming_accuracy"] = "no image with known labels"
     out["n_errors"] = len(extra["errors"])
+    out["n_constant_maps"] = sum(r.get("n_constant_maps", 0) for r in rows)
     out["undefined"] = undefined
     return out
 
 
-NOT_AVERAGED = ("n_images", "n_positive", "n_regions", "crossval_thresholds", "split", "finding")
+NOT_AVERAGED = ("n_images", "n_positive", "n_regions", "n_constant_maps", "crossval_thresholds", "split", "finding")
 
 
 def per_image_hamming(pairs: Mapping[str, Mapping[str, tuple[int, float]]]) -> dict[str, float]:
@@ -246,6 +248,8 @@ def _aggregate(
     errors: list[dict[str, Any]] = []
     for g in sorted(set(by_group) | set(extra), key=_sort_key):
         group = by_group.get(g, [])
+        for f in group:  # a constant map scores as uniform: say how many there were
+            f.row["n_constant_maps"] = extra[g]["constant"].get(f.row["finding"], 0)
         rows.extend(f.row for f in group)
         if group:
             mean = mean_row([f.row for f in group], extra[g])

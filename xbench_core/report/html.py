@@ -158,6 +158,16 @@ def render(
         body.append(f'<div class="info">{_e(n)}</div>')
     if results.get("errors"):
         body.append(f'<div class="warning">{len(results["errors"])} per-sample errors (see <a href="#manifest">below</a>).</div>')
+    for dataset, p in (results.get("problems") or {}).items():
+        kinds = ", ".join(f"{n} {k}" for k, n in p.get("by_kind", {}).items())
+        body.append(f'<div class="warning"><b>{p["count"]} label problems in {_e(dataset)}</b> ({_e(kinds)}); '
+                    f'all in <code>{_e(p.get("file"))}</code> of the run folder<pre>'
+                    + _e("\n".join(p.get("first", []))) + "</pre></div>")
+    constant = [r for r in rows if r["finding"] != MEAN and r.get("n_constant_maps")]
+    if constant:
+        body.append('<div class="warning"><b>Constant maps</b> (scored as uniform): ' + "; ".join(
+            _e(f'{r["model"]}/{r["explainer"]} on {r["dataset"]} {r["finding"]}: {r["n_constant_maps"]} of {r.get("n_regions", 0)}')
+            for r in constant) + "</div>")
 
     # ---- overview
     body.append('<section id="overview"><h2>Overview</h2>')
@@ -249,7 +259,7 @@ def _finding_summary(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
     out = ['<table class="results"><thead><tr><th>Model</th><th>n</th><th>n+</th><th>regions</th><th>PG</th><th>Dice@fixed</th>'
-           '<th>Dice*</th><th>tau*</th><th>Dice CV</th><th>AUROC</th></tr></thead><tbody>']
+           '<th>Dice*</th><th>tau*</th><th>Dice CV</th><th>AUROC</th><th>constant maps</th></tr></thead><tbody>']
     for r in rows:
         def cell(k: str, r: dict[str, Any] = r) -> str:
             v, ci = r.get(k), r.get(f"{k}_ci")
@@ -258,6 +268,7 @@ def _finding_summary(rows: Sequence[dict[str, Any]]) -> str:
 
         label = r["model"] + (f" / {r['explainer']}" if len({x['explainer'] for x in rows}) > 1 else "")
         out.append(f'<tr data-model="{_e(r["model"])}"><td>{_e(label)}</td><td>{r.get("n_images", 0)}</td><td>{r.get("n_positive", 0)}</td>'
-                   f'<td>{r.get("n_regions", 0)}</td>' + "".join(cell(k) for k in ("pointing_game", "dice_fixed", "dice_best", "best_threshold", "dice_crossval", "auroc")) + "</tr>")
+                   f'<td>{r.get("n_regions", 0)}</td>' + "".join(cell(k) for k in ("pointing_game", "dice_fixed", "dice_best", "best_threshold", "dice_crossval", "auroc"))
+                   + f'<td>{r.get("n_constant_maps", 0)}</td></tr>')
     out.append("</tbody></table>")
     return "".join(out)

@@ -299,3 +299,17 @@ def test_real_full_chestx_det_counts(tmp_path, split, images, boxes, negatives, 
     assert sum(r["instances"] for r in rows.values()) == boxes  # one polygon per box
     assert {f: rows[f]["instances"] for f in extra} == extra
     assert sum(not any(ds.annotation(i).labels.values()) for i in range(len(ds))) == negatives
+
+
+def test_file_names_that_leave_the_root_are_dropped(tmp_path: Path) -> None:
+    """Issue 16 item 3: `file_name: /etc/passwd` (or ../..) must not be opened: a problem, entry dropped."""
+    root = write_root(tmp_path)
+    entries = json.loads((root / "test.json").read_text())
+    entries += [{"file_name": "/etc/passwd", "syms": [], "boxes": []},
+                {"file_name": "../../outside/evil.png", "syms": [], "boxes": []}]
+    (root / "test.json").write_text(json.dumps(entries))
+    ds = build(root=str(root))
+    assert len(ds) == len(ENTRIES) and "passwd" not in ds.ids() and "evil" not in ds.ids()
+    bad = [p for p in ds.problems if "dataset root" in p.message]
+    assert [p.message.split(":")[0] for p in bad] == [f"entry {len(ENTRIES)} (/etc/passwd)",
+                                                      f"entry {len(ENTRIES) + 1} (../../outside/evil.png)"]

@@ -29,6 +29,7 @@ from xbench_core import (
     clip_box,
     id_from_value,
     image_index,
+    label_name_problem,
     read_json,
     require_choice,
     require_file,
@@ -153,6 +154,9 @@ class ChestXDet10(Dataset):
                 continue
             file_name = raw["file_name"]
             where = f"entry {number} ({file_name})"
+            if why := label_name_problem(file_name):
+                self._problem(f"{where}: file_name {why}; skipped")
+                continue
             sid = id_from_value(file_name)
             syms, boxes = raw.get("syms"), raw.get("boxes")
             polygons = raw.get("polygons")

@@ -252,3 +252,14 @@ def test_real_full_counts_without_data_entry(full_root, tmp_path):
     report = inspect_dataset(build(root=str(tmp_path)), skip_images=True)
     assert report["images"] == 880 and report["problems"] == []
     assert {f: r["positive"] for f, r in report["findings"].items()} == PUBLISHED
+
+
+def test_image_indices_that_leave_the_root_are_dropped(tmp_path: Path) -> None:
+    """Issue 16 item 3: an `Image Index` that is a path out of the root is a problem with its line."""
+    root = write_root(tmp_path, gz=False)
+    with open(root / "BBox_List_2017.csv", "a") as fh:
+        fh.write("../../outside/evil.png,Nodule,1,2,3,4\n/etc/passwd,Nodule,1,2,3,4\n")
+    ds = build(root=str(root))
+    assert not any("evil" in i or "passwd" in i for i in ds.ids())
+    bad = [p for p in ds.problems if "dataset root" in p.message]
+    assert [p.line for p in bad] == [7, 8]

@@ -27,6 +27,7 @@ from xbench_core import (
     find_file,
     id_from_value,
     image_index,
+    label_name_problem,
     open_text,
     require_choice,
     require_file,
@@ -154,6 +155,9 @@ class ChestXray14BBox(Dataset):
                     )
                     continue
                 index, label = row[0].strip(), row[1].strip()
+                if why := label_name_problem(index):
+                    self.problems.append(Problem(where, f"Image Index {why}; skipped", line=line))
+                    continue
                 sid = id_from_value(index)
                 try:
                     x, y, w, h = (float(v) for v in row[2:6])

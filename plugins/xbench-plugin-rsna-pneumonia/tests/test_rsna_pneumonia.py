@@ -487,3 +487,17 @@ def test_real_full_label_file_zip_read_directly(tmp_path: Path) -> None:
         first = next(csv.DictReader(io.TextIOWrapper(zf.open("stage_2_train_labels.csv"))))
     s = ds.annotation(index_of(ds, first["patientId"]))
     assert s.labels["pneumonia"] == int(first["Target"])
+
+
+def test_ids_that_leave_the_root_are_dropped(tmp_path: Path) -> None:
+    """Issue 16 item 3: a patientId that is a path out of the root (or an absolute path) would have
+    the dataset open a file outside it: a problem naming the file and line, the row dropped."""
+    root = tmp_path / "a" / "b"
+    (root / "stage_2_train_images").mkdir(parents=True)
+    (root / "stage_2_train_labels.csv").write_text(
+        HEADER + "../../../outside/evil,,,,,0\n/etc/passwd,1,2,30,40,1\nplain,,,,,0\n"
+    )
+    ds = build(root=str(root))
+    assert ds.ids() == ["plain"]
+    bad = [p for p in ds.problems if "dataset root" in p.message]
+    assert [p.line for p in bad] == [2, 3] and all(p.file.endswith("labels.csv") for p in bad)

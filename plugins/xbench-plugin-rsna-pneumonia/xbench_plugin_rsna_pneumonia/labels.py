@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from xbench_core import DataError, Problem, clip_box, group_label_rows, open_text, split_image_name
+from xbench_core import (
+    DataError,
+    Problem,
+    clip_box,
+    group_label_rows,
+    label_name_problem,
+    open_text,
+    split_image_name,
+)
 
 SIZE = (1024, 1024)  # (H, W) of every RSNA DICOM; the boxes are in this frame
 _TARGETS = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
@@ -82,7 +90,12 @@ def parse_labels(path: Path) -> Labels:
             if len(row) >= need:
                 # fast path for the 20,000-odd negative rows: `pid,,,,,0`
                 pid = row[ip].strip()
-                if pid and row[it] == "0" and not (row[ix] or row[iy] or row[iw] or row[ih]):
+                if (
+                    pid
+                    and row[it] == "0"
+                    and not (row[ix] or row[iy] or row[iw] or row[ih])
+                    and label_name_problem(pid) is None
+                ):
                     row_ids.append(pid)
                     row_targets.append(0)
                     continue
@@ -100,6 +113,9 @@ def parse_labels(path: Path) -> Labels:
             pid = row[ip].strip()
             if not pid:
                 problems.append(Problem(where, "empty patientId; row skipped", line=line))
+                continue
+            if why := label_name_problem(pid):
+                problems.append(Problem(where, f"patientId {why}; row skipped", line=line))
                 continue
             target = _TARGETS.get(row[it].strip())
             if target is None:

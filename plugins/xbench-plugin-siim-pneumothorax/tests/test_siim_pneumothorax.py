@@ -470,3 +470,14 @@ def test_gzip_label_file_in_root_is_found(tmp_path: Path) -> None:
     with gzip.open(tmp_path / "train-rle.csv.gz", "wt") as fh:
         fh.write(stage1_rows())
     assert len(build(root=str(tmp_path))) == 4
+
+
+def test_image_ids_that_leave_the_root_are_dropped(tmp_path: Path) -> None:
+    """Issue 16 item 3: an ImageId that is a path out of the root is a problem with its line."""
+    root = write_stage1(tmp_path)
+    with open(root / "siim" / "train-rle.csv", "a") as fh:
+        fh.write("../../../../outside/evil,-1\n/etc/passwd,-1\n")
+    ds = build(root=str(root))
+    assert not any("evil" in i or "passwd" in i for i in ds.ids()) and len(ds) == 4
+    bad = [p for p in ds.problems if "dataset root" in p.message]
+    assert len(bad) == 2 and bad[1].line == bad[0].line + 1

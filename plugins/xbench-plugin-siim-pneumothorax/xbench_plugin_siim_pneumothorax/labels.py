@@ -14,7 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from xbench_core import DataError, Problem, group_label_rows, open_text, split_image_name
+from xbench_core import (
+    DataError,
+    Problem,
+    group_label_rows,
+    label_name_problem,
+    open_text,
+    split_image_name,
+)
 
 from .rle import (
     absolute_to_relative,
@@ -89,6 +96,9 @@ def parse_labels(path: Path, encoding: str = "auto") -> Labels:
             image_id = split_image_name(row[ii].strip())[0]
             if not image_id:
                 problems.append(Problem(where, "empty ImageId; row skipped", line=line))
+                continue
+            if why := label_name_problem(row[ii].strip()):
+                problems.append(Problem(where, f"ImageId {why}; row skipped", line=line))
                 continue
             text = row[ie].strip()
             if text == "-1":

@@ -631,3 +631,14 @@ class TestFullKaggleTrainFile:
         # pairs agreed by 2 or 3 readers: 3,559 + 5,266 (published)
         assert sum(agree.values()) == 3_559 + 5_266
         assert all(findings[f]["with_region"] <= n for f, n in agree.items())
+
+
+def test_image_ids_that_leave_the_root_are_dropped(tmp_path: Path) -> None:
+    """Issue 16 item 3: an image_id that is a path out of the root is a problem with its line."""
+    root = write_kaggle(tmp_path)
+    with open(root / "train.csv", "a") as fh:
+        fh.write("../../outside/evil,No finding,14,R9,,,,\n/etc/passwd,No finding,14,R9,,,,\n")
+    ds = build(root=str(root), split="train")
+    assert sorted(ds.ids()) == sorted([A, B])
+    bad = [p for p in ds.problems if "dataset root" in p.message]
+    assert [p.line for p in bad] == [9, 10]

@@ -33,6 +33,7 @@ from xbench_core import (
     Region,
     Sample,
     dicom_header,
+    label_name_problem,
     open_text,
     select_listed,
 )
@@ -265,6 +266,9 @@ class VinDrCXR(Dataset):
             if not image_id:
                 problem(path, "row without image_id; skipped", line)
                 continue
+            if why := label_name_problem(image_id):
+                problem(path, f"image_id {why}; skipped", line)
+                continue
             entry = images.get(image_id)
             if entry is None:
                 entry = images[image_id] = _Image()
@@ -392,6 +396,9 @@ class VinDrCXR(Dataset):
                 if bad is not None or not image_id:
                     what = f"value {bad[1]!r} in column {bad[0]!r}" if bad else "no image_id"
                     self._problem(path, f"malformed row ({what}); skipped", line, image_id or None)
+                    continue
+                if why := label_name_problem(image_id):
+                    self._problem(path, f"image_id {why}; skipped", line)
                     continue
                 entry = images.get(image_id)
                 if entry is None:
