@@ -331,6 +331,25 @@ def constant_maps(tmp: Path) -> None:
         assert "Constant maps" in report.read_text()
 
 
+# ---- 8. a fit through two points and marks of overlapping intervals ---------------------------
+@case("8 the recognition-vs-grounding fit with two models (R^2 = 1.000, n = 2) and marks of overlapping intervals")
+def fit_and_ties(tmp: Path) -> None:
+    run = tmp / "run"
+    out = xbench("run", *PHANTOM, "--out", str(run), "--quiet")  # two models: random and center
+    assert out.code == 0, out.err
+    fits = json.loads((run / "results.json").read_text())["recognition_vs_grounding"]["fits"]
+    assert fits and all(f["r2"] is None and f["slope"] is None and "at least 3" in f["undefined"] for f in fits), fits
+    report = run / "report.html"
+    if report.exists():
+        assert "R² = 1.000" not in report.read_text() and "no fit (n = 2)" in report.read_text()
+    from xbench_core.report.tables import Column, Line, Table
+
+    lines = [Line(m, m, "native", {"pg": v}, {"pg": ci})
+             for m, v, ci in (("a", 0.61, [0.5, 0.7]), ("b", 0.6, [0.52, 0.68]), ("c", 0.3, [0.25, 0.35]))]
+    marks = Table("t", "t", "t", None, [Column("pg", "PG")], lines).marks()
+    assert marks == {(0, "pg"): "best", (1, "pg"): "best", (2, "pg"): "second"}, marks
+
+
 # ---- 9. option values out of range ------------------------------------------------------------
 @case("9 option values out of range (phantom.size=0, center.sigma=nan) pass validate")
 def option_ranges(tmp: Path) -> None:
@@ -343,6 +362,28 @@ def option_ranges(tmp: Path) -> None:
     user_error(xbench("run", "--set", "center.sigma=nan", "--models", "center", "--out", str(tmp / "r"), "--quiet"),
                "center.sigma must be a finite number")
     assert not (tmp / "r" / "results.json").exists()
+
+
+# ---- 10. a plugin that takes a name already taken ---------------------------------------------
+@case("10 a plugin registering a name already taken (random) makes every command fail")
+def duplicate_names(tmp: Path) -> None:
+    from xbench_core import ModelSpec, hookimpl
+    from xbench_core.testing import temporary_plugin
+
+    class Plugin:
+        @hookimpl
+        def xbench_register_models(self, register: Any) -> None:
+            register(ModelSpec(name="random", summary="impostor", factory="x:y"))
+
+    with temporary_plugin(Plugin(), "faults-impostor"):
+        listing = xbench("list", "models")
+        assert listing.code == 0 and "impostor" not in listing.out and "random" in listing.out, listing
+        plugins = xbench("plugins")
+        assert plugins.code == 0 and "FAILED faults-impostor" in plugins.out, plugins.out
+        assert "two models are named 'random'" in plugins.out
+        run = xbench("run", *PHANTOM, "--out", str(tmp / "r"), "--quiet", "--no-report")
+        assert run.code == 0, run.err
+        user_error(xbench("--strict-plugins", "list"), "two models are named 'random'")
 
 
 # ---- the verdict -------------------------------------------------------------------------------

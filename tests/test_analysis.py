@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import linregress
+from scipy.stats import t as student_t
 
 from xbench_core import DatasetSpec, Option, hookimpl
 from xbench_core.builtin.phantom import Phantom
@@ -337,6 +338,9 @@ def test_fit_against_linregress() -> None:
     assert pairs["n"] == 12
     assert pairs["slope"] == pytest.approx(ref.slope) and pairs["intercept"] == pytest.approx(ref.intercept)
     assert pairs["r2"] == pytest.approx(ref.rvalue**2)
+    # the slope's 95% interval: slope +- t(0.975, n - 2) * standard error, as scipy computes it
+    half = student_t.ppf(0.975, 10) * ref.stderr
+    assert pairs["slope_ci"] == pytest.approx([ref.slope - half, ref.slope + half])
     models = by_level["model"]
     mx = [np.mean([values[(f"model{i}", d)][0] for d in ("x", "y")]) for i in range(6)]
     my = [np.mean([values[(f"model{i}", d)][1] for d in ("x", "y")]) for i in range(6)]
@@ -349,11 +353,14 @@ def test_fit_leaves_out_validation_splits_and_says_when_undefined() -> None:
     rows = _mean_rows({("a", "x"): (0.2, 0.6), ("b", "x"): (0.4, 0.7)})
     rows.append({**rows[0], "split": "val", "pointing_game": 0.9, "auroc": 0.1})
     fit = recognition_vs_grounding(rows)["fits"][0]
-    assert fit["n"] == 2 and fit["r2"] == pytest.approx(1.0) and fit["slope"] == pytest.approx(0.5)
-    assert linear_fit([0.3], [0.5])["undefined"] == "fewer than 2 points"
-    assert linear_fit([0.3, 0.3], [0.5, 0.6])["slope"] is None
-    flat = linear_fit([0.1, 0.3], [0.5, 0.5])
+    # issue 16 item 8: two models always lie on a line (R^2 = 1): no fit below three points
+    assert fit["n"] == 2 and fit["r2"] is None and fit["slope"] is None and "at least 3" in fit["undefined"]
+    assert "only 1 point:" in linear_fit([0.3], [0.5])["undefined"]
+    assert linear_fit([0.3, 0.3, 0.3], [0.5, 0.6, 0.7])["slope"] is None
+    flat = linear_fit([0.1, 0.3, 0.5], [0.5, 0.5, 0.5])
     assert flat["slope"] == 0.0 and flat["r2"] is None and "same AUROC" in flat["undefined"]
+    three = linear_fit([0.1, 0.2, 0.3], [0.5, 0.7, 0.6])
+    assert three["slope"] == pytest.approx(0.5) and three["slope_ci"][0] < 0 < three["slope_ci"][1]
 
 
 # ---- one run holding a dataset's validation and test splits -------------------------------------

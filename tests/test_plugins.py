@@ -3,6 +3,9 @@ raising hooks, name clashes, allow and deny lists), in-process plugins, wrong sp
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import sys
 import textwrap
 import types
@@ -12,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from xbench_core import plugins
+from xbench_core.cli import main
 from xbench_core.errors import ConfigError, PluginError
 from xbench_core.hookspecs import hookimpl
 from xbench_core.plugins import get_registry
@@ -235,7 +239,7 @@ def test_same_name_as_a_builtin_names_both_distributions(fake, monkeypatch):
     )
     monkeypatch.setenv("XBENCH_PLUGINS", "xbench-test-clash")
     with pytest.raises(PluginError) as info:
-        get_registry(refresh=True)
+        get_registry(strict=True, refresh=True)
     msg = str(info.value)
     assert "'phantom'" in msg and "xbench " in msg and "xbench-test-clash 2.0" in msg
     assert "XBENCH_DISABLE_PLUGINS=xbench-test-clash" in msg
@@ -251,8 +255,14 @@ def test_two_plugins_with_the_same_component_name(fake, monkeypatch):
     fake.add("xbench-test-two", source)
     monkeypatch.setenv("XBENCH_PLUGINS", "xbench-test-one,xbench-test-two")
     with pytest.raises(PluginError, match=r"two models are named 'twin'") as info:
-        get_registry(refresh=True)
+        get_registry(strict=True, refresh=True)
     assert "xbench-test-one" in str(info.value) and "xbench-test-two" in str(info.value)
+    # without --strict-plugins the later one is isolated, listed as failed with the clash
+    reg = get_registry(refresh=True)
+    assert reg.owner("models", "twin").name == "xbench-test-one"
+    (failure,) = reg.failures
+    assert failure.distribution == "xbench-test-two" and "two models are named 'twin'" in failure.error
+    assert "xbench-test-two" not in [d.name for d in reg.distributions]
     # disabling one of them resolves it
     monkeypatch.setenv("XBENCH_DISABLE_PLUGINS", "xbench-test-two")
     reg = get_registry(refresh=True)
@@ -349,7 +359,9 @@ def test_wrong_spec_type_is_an_error(fake, monkeypatch):
     )
     monkeypatch.setenv("XBENCH_PLUGINS", "xbench-test-wrongtype")
     with pytest.raises(PluginError, match="xbench-test-wrongtype.*registered ModelSpec.*expected DatasetSpec"):
-        get_registry(refresh=True)
+        get_registry(strict=True, refresh=True)
+    reg = get_registry(refresh=True)
+    assert "oops" not in reg.datasets and "registered ModelSpec" in reg.failures[0].error
 
 
 def test_wrong_spec_type_in_process(monkeypatch):
@@ -360,9 +372,8 @@ def test_wrong_spec_type_in_process(monkeypatch):
         register({"name": "dict-model"})
 
     plugin = types.SimpleNamespace(xbench_register_models=xbench_register_models)
-    with pytest.raises(PluginError, match="registered dict.*expected ModelSpec"):
-        with temporary_plugin(plugin, "dict-plugin"):
-            pass
+    with temporary_plugin(plugin, "dict-plugin") as reg:
+        assert "registered dict" in reg.failures[0].error and "expected ModelSpec" in reg.failures[0].error
     plugins.unregister_plugin("dict-plugin")
 
 
@@ -390,12 +401,24 @@ def test_temporary_plugin_clash_with_builtin(monkeypatch):
     monkeypatch.setenv("XBENCH_PLUGINS", NONE)
 
     @hookimpl
+    def xbench_register_datasets(register):
+        register(DatasetSpec(name="clash-data", summary="s", factory="x:y"))
+
+    @hookimpl
     def xbench_register_models(register):
         register(ModelSpec(name="random", summary="s", factory="x:y"))
 
-    plugin = types.SimpleNamespace(xbench_register_models=xbench_register_models)
-    with pytest.raises(PluginError, match=r"'random'.*xbench .*tmp-clash"):
-        with temporary_plugin(plugin, "tmp-clash"):
-            pass
-    plugins.unregister_plugin("tmp-clash")
+    plugin = types.SimpleNamespace(xbench_register_models=xbench_register_models,
+                                   xbench_register_datasets=xbench_register_datasets)
+    # issue 16 item 10: the clash is isolated like a failed import; every command still works
+    with temporary_plugin(plugin, "tmp-clash") as reg:
+        assert reg.owner("models", "random").name == "xbench" and "clash-data" not in reg.datasets
+        (failure,) = reg.failures
+        assert re.search(r"'random'.*xbench .*tmp-clash", failure.error), failure.error
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["plugins"]) == 0
+        assert "FAILED tmp-clash" in out.getvalue() and "two models are named 'random'" in out.getvalue()
+        with pytest.raises(PluginError, match=r"'random'.*xbench .*tmp-clash"):
+            get_registry(strict=True)
     assert get_registry(refresh=True).owner("models", "random").name == "xbench"

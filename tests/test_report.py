@@ -122,6 +122,21 @@ def test_latex_escapes_names_and_marks_best_and_second() -> None:
     assert "| model\\_1 & co | **0.700** | 0.700 |" in md and "<ins>0.500</ins>" in md
 
 
+def test_marks_treat_overlapping_intervals_as_ties() -> None:
+    """Issue 16 item 8: a value whose 95% interval overlaps the leader's shares its mark, in every
+    format; without intervals only equal shown values tie."""
+    cols = [Column("a", "a")]
+    values = [(0.8, [0.7, 0.9]), (0.75, [0.72, 0.78]), (0.5, [0.45, 0.55]), (0.48, [0.40, 0.52]), (0.2, [0.1, 0.3]),
+              (0.6, None)]
+    lines = [Line(f"m{i}", f"m{i}", "native", {"a": v}, {"a": ci}) for i, (v, ci) in enumerate(values)]
+    t = Table("t", "T", "c", None, cols, lines)
+    assert t.marks() == {(0, "a"): "best", (1, "a"): "best", (5, "a"): "second"}
+    lines[5].values["a"] = None  # without m5 the second place is shared by m2 and m3
+    assert t.marks() == {(0, "a"): "best", (1, "a"): "best", (2, "a"): "second", (3, "a"): "second"}
+    md = to_markdown(t)
+    assert "**0.800**" in md and "**0.750**" in md and "<ins>0.500</ins>" in md and "<ins>0.480</ins>" in md
+
+
 def test_markdown_and_csv_agree_with_results(run: Path) -> None:
     results = _results(run)
     with open(run / "tables" / "grounding__phantom.csv") as fh:

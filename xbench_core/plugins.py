@@ -2,7 +2,9 @@
 collects the components they register into one `Registry`.
 
 Each entry point is loaded on its own: one that fails to import (or whose hook raises) is recorded
-as a failure and skipped, unless `strict`. Two components of one kind with the same name are an
+as a failure and skipped, unless `strict`. A plugin that registers a wrong type or a name already
+taken (by the core or an earlier plugin) is isolated like one that fails to import: listed as
+failed with the clash, none of its components registered, the rest works; with `strict` it is an
 error naming both distributions. `XBENCH_PLUGINS` (comma-separated distribution names) allows only
 those; `XBENCH_DISABLE_PLUGINS` leaves those out. The core's own components are registered through
 the same hooks, from `xbench_core.builtin`.
@@ -160,11 +162,14 @@ def _load(strict: bool) -> Registry:
             pm.register(plugin, name=name)
             dists[name] = Distribution(name, "0+local", name)
 
+    failed: set[str] = set()
     for kind, (hook_name, spec_type) in KINDS.items():
         hook = getattr(pm.hook, hook_name)
         # get_hookimpls() is in registration order (pluggy calls them in reverse): the core's
         # built-ins register first, so that a clash names the plugin as the one to disable
         for impl in hook.get_hookimpls():
+            if impl.plugin_name in failed:
+                continue
             dist = dists[impl.plugin_name]
 
             def register(
@@ -174,14 +179,17 @@ def _load(strict: bool) -> Registry:
 
             try:
                 impl.function(register=register)
-            except PluginError:
-                raise
             except Exception as exc:
+                if impl.plugin_name == "builtin" or (strict and isinstance(exc, PluginError)):
+                    raise
                 _fail(registry, strict, impl.plugin_name, dist.name, exc)
+                if isinstance(exc, PluginError):  # a clash or a wrong type: the plugin as a whole is out
+                    _isolate(registry, dist)
+                    failed.add(impl.plugin_name)
     for hook_name in ("xbench_run_started", "xbench_run_finished"):
-        impls = getattr(pm.hook, hook_name).get_hookimpls()
+        impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name not in failed]
         registry.observers[hook_name] = [i.function for i in reversed(impls)]
-    registry.distributions = list(dists.values())
+    registry.distributions = [d for p, d in dists.items() if p not in failed]
     pm.check_pending()
     return registry
 
@@ -205,8 +213,17 @@ def _add(registry: Registry, kind: str, spec: Any, dist: Distribution, spec_type
     dist.components.setdefault(kind, []).append(spec.name)
 
 
+def _isolate(registry: Registry, dist: Distribution) -> None:
+    """Take back every component a failed plugin registered before it failed."""
+    for kind, names in dist.components.items():
+        for name in names:
+            del getattr(registry, kind)[name]
+            del registry.owners[(kind, name)]
+    dist.components.clear()
+
+
 def _fail(registry: Registry, strict: bool, plugin: str, dist: str, exc: BaseException) -> None:
-    message = f"{type(exc).__name__}: {exc}"
+    message = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
     if strict:
         raise PluginError(
             f"plugin {plugin!r} from {dist} failed to load: {message} "

@@ -496,13 +496,19 @@ def _scalar_fields(rows: Sequence[Mapping[str, Any]], exclude: Sequence[str] = (
 
 
 # ---- across models --------------------------------------------------------------------------------
+MIN_FIT_POINTS = 3  # a line through two points always fits: R^2 = 1 says nothing
+
+
 def linear_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
-    """Least-squares line y = slope * x + intercept, with r and R^2 (null with a reason when undefined)."""
+    """Least-squares line y = slope * x + intercept, with r, R^2 and the 95% interval of the slope
+    (Student t, n - 2 degrees of freedom); null with a reason when undefined. Below
+    MIN_FIT_POINTS points there is no fit: two points always lie on a line."""
     xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
     n = len(xa)
-    out: dict[str, Any] = {"n": n, "slope": None, "intercept": None, "r": None, "r2": None}
-    if n < 2:
-        out["undefined"] = "fewer than 2 points"
+    out: dict[str, Any] = {"n": n, "slope": None, "intercept": None, "r": None, "r2": None, "slope_ci": None}
+    if n < MIN_FIT_POINTS:
+        out["undefined"] = (f"only {n} point{'' if n == 1 else 's'}: a fit needs at least {MIN_FIT_POINTS} "
+                            "(a line through two points always has R^2 = 1)")
         return out
     dx, dy = xa - xa.mean(), ya - ya.mean()
     sxx, syy, sxy = float(dx @ dx), float(dy @ dy), float(dx @ dy)
@@ -512,6 +518,10 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     slope = sxy / sxx
     out["slope"] = slope
     out["intercept"] = float(ya.mean() - slope * xa.mean())
+    from scipy.stats import t as student_t
+
+    spread = float(np.sqrt(max(syy - slope * sxy, 0.0) / (n - 2) / sxx)) * float(student_t.ppf(0.975, n - 2))
+    out["slope_ci"] = [slope - spread, slope + spread]
     if syy <= 0:
         out["undefined"] = "every point has the same AUROC: r and R^2 are undefined"
         return out

@@ -172,10 +172,14 @@ def render(
     # ---- overview
     body.append('<section id="overview"><h2>Overview</h2>')
     for f in results.get("recognition_vs_grounding", {}).get("fits", []):
+        over = f'Recognition vs grounding ({_e(f["explainer"])}, over {"models" if f["level"] == "model" else "(model, dataset) pairs"})'
+        if f.get("slope") is None:
+            body.append(f'<p>{over}: no fit (n = {f["n"]}){": " + _e(f["undefined"]) if f.get("undefined") else ""}</p>')
+            continue
         r2 = "undefined" if f.get("r2") is None else f"{f['r2']:.3f}"
-        slope = "-" if f.get("slope") is None else f"{f['slope']:.3f}"
-        body.append(f'<p>Recognition vs grounding ({_e(f["explainer"])}, over {"models" if f["level"] == "model" else "(model, dataset) pairs"}): '
-                    f'AUROC = {slope} × PG + {("-" if f.get("intercept") is None else format(f["intercept"], ".3f"))}, '
+        ci = f.get("slope_ci")
+        interval = f" (95% interval of the slope [{ci[0]:.3f}, {ci[1]:.3f}])" if ci else ""
+        body.append(f'<p>{over}: AUROC = {f["slope"]:.3f} × PG + {f["intercept"]:.3f}{interval}, '
                     f'R² = {r2} (n = {f["n"]}){" — " + _e(f["undefined"]) if f.get("undefined") else ""}</p>')
     for t in tables:
         if t.section is None:

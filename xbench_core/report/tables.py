@@ -57,7 +57,12 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
     def marks(self) -> dict[tuple[int, str], str]:
-        """{(line index, column key): "best" | "second"} by the values as shown."""
+        """{(line index, column key): "best" | "second"} by the values as shown (higher is better).
+
+        Ties are marked as ties, the same rule in every table and format: a line whose value equals
+        the leader's as shown, or whose 95% interval overlaps the leader's, gets the leader's mark
+        (the data do not order them); the next mark goes to the best of the rest.
+        """
         out: dict[tuple[int, str], str] = {}
         for c in self.columns:
             if not c.rank:
@@ -65,13 +70,23 @@ class Table:
             shown = {i: round(v, c.digits) for i, ln in enumerate(self.lines) if (v := ln.values.get(c.key)) is not None}
             if len(shown) < 2:
                 continue
-            ranked = sorted(set(shown.values()), reverse=True)
-            for i, v in shown.items():
-                if v == ranked[0]:
-                    out[(i, c.key)] = "best"
-                elif len(ranked) > 1 and v == ranked[1]:
-                    out[(i, c.key)] = "second"
+            left = dict(shown)
+            for mark in ("best", "second"):
+                if not left:
+                    break
+                top = max(left.values())
+                leaders = [i for i, v in left.items() if v == top]
+                tied = [i for i in left if i in leaders
+                        or any(_overlap(self.lines[i].cis.get(c.key), self.lines[j].cis.get(c.key)) for j in leaders)]
+                for i in tied:
+                    out[(i, c.key)] = mark
+                    del left[i]
         return out
+
+
+def _overlap(a: Sequence[float] | None, b: Sequence[float] | None) -> bool:
+    """Whether two intervals [lo, hi] overlap (False when either is unknown)."""
+    return a is not None and b is not None and len(a) == 2 and len(b) == 2 and a[0] <= b[1] and b[0] <= a[1]
 
 
 # ---- building -------------------------------------------------------------------------------------
