@@ -364,6 +364,110 @@ def option_ranges(tmp: Path) -> None:
     assert not (tmp / "r" / "results.json").exists()
 
 
+@case("9 disk full while writing records, maps or results.json")
+def disk_full(tmp: Path) -> None:
+    if not Path("/dev/full").exists():
+        raise Skip("no /dev/full on this system")
+    import xbench_core.store
+
+    for what in ("records", "maps", "results"):
+        run = tmp / what
+        if what == "results":  # results.json's temporary file: every write fails with ENOSPC
+            run.mkdir()
+            (run / "results.json.tmp").symlink_to("/dev/full")
+        with _full_disk(xbench_core.store, what):
+            out = xbench("run", *PHANTOM, "--models", "random", "--out", str(run), "--quiet", "--no-report")
+        assert out.code == 2, f"{what}: exit {out.code}"
+        user_error(out, "no space left on device", "run the same command again")
+        assert not [p for p in run.rglob("*.tmp") if not p.is_symlink()], f"{what}: temporary files left"
+        if what == "results":  # every record is on disk: the results are rebuilt once there is space
+            assert xbench("report", str(run), "--quiet", "--no-gallery").code == 0
+            assert json.loads((run / "results.json").read_text())["rows"]
+
+
+@contextlib.contextmanager
+def _full_disk(store_module: Any, what: str) -> Any:
+    """Writes of record shards (`records`) or map shards (`maps`) fail as on a full disk. (A shard
+    cannot be a link to /dev/full: the store reads shards back, and /dev/full reads endless zeros;
+    safetensors replaces a link rather than writing through it.)"""
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    class Full(io.StringIO):
+        name = "records/shard-0.jsonl"
+
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def save_file(tensors: Any, filename: str, metadata: Any = None) -> None:
+        Path(filename).write_bytes(b"\0" * 8)  # a partial file, as a full disk leaves it
+        raise SafetensorError("No space left on device (os error 28)")
+
+    original = safetensors.torch.save_file
+    if what == "records":
+        store_module.open = lambda *args, **kwargs: Full()  # the module's `open` shadows the builtin
+    elif what == "maps":
+        safetensors.torch.save_file = save_file
+    try:
+        yield
+    finally:
+        store_module.__dict__.pop("open", None)
+        safetensors.torch.save_file = original
+
+
+@case("9 a text encoder folder with truncated or malicious weights")
+def bad_text_encoder(tmp: Path) -> None:
+    from xbench_core.plugins import get_registry
+
+    if "medklip" not in get_registry().models:
+        raise Skip("the medklip plugin is not installed")
+    from xbench_core import write_tiny_text_encoder
+
+    folder = write_tiny_text_encoder(tmp / "te", ["pneumonia"])
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    args = ("run", *PHANTOM, "--models", "medklip", "--set", "medklip.checkpoint=random",
+            "--set", f"medklip.text_encoder={folder}", "--out", str(tmp / "r"), "--quiet", "--no-report")
+    user_error(xbench(*args), "model medklip could not be built", str(folder))
+    weights.unlink()
+    marker = tmp / "payload-ran"
+    (folder / "pytorch_model.bin").write_bytes(_payload(f"touch {marker}"))
+    user_error(xbench(*args), "model medklip could not be built")
+    assert not marker.exists(), "the pickle payload ran"
+
+
+def _payload(command: str) -> bytes:
+    import pickle
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (os.system, (command,))
+
+    return pickle.dumps({"embeddings.word_embeddings.weight": Payload()})
+
+
+@case("9 `xbench convert A.pth SOME_DIR`, and the permissions of written files")
+def convert_into_folder(tmp: Path) -> None:
+    import stat
+
+    import torch
+
+    torch.save({"w": torch.ones(2)}, tmp / "A.pth")
+    (tmp / "out").mkdir()
+    out = xbench("convert", str(tmp / "A.pth"), str(tmp / "out"))
+    assert out.code == 0, out.err
+    written = tmp / "out" / "A.safetensors"
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~mask, oct(written.stat().st_mode)
+    run = tmp / "run"
+    assert xbench("run", *PHANTOM, "--out", str(run), "--quiet", "--no-report").code == 0
+    modes = {oct(stat.S_IMODE(p.stat().st_mode)) for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert modes == {oct(0o666 & ~mask)}, modes
+
+
 # ---- 10. a plugin that takes a name already taken ---------------------------------------------
 @case("10 a plugin registering a name already taken (random) makes every command fail")
 def duplicate_names(tmp: Path) -> None:

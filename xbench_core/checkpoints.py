@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .io.output import publish, writing
 
 __all__ = [
     "Placeholder",
@@ -566,6 +567,8 @@ def convert_checkpoint(
         seen.add(tensor.untyped_storage().data_ptr())
         prepared[key] = tensor
     target = Path(out).expanduser()
+    if target.is_dir():  # `xbench convert A.pth SOME_DIR` writes SOME_DIR/A.safetensors
+        target = target / f"{Path(path).stem}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
     # Written to a temporary name and renamed, so that an interrupted conversion leaves no
     # half-written file under the final name.
@@ -574,10 +577,11 @@ def convert_checkpoint(
     )
     os.close(handle)
     try:
-        safetensors.torch.save_file(
-            prepared, temporary, metadata={"format": "pt", "converted_from": Path(path).name}
-        )
-        os.replace(temporary, target)
+        with writing(target, temporary=temporary, advice="free some space or choose another output"):
+            safetensors.torch.save_file(
+                prepared, temporary, metadata={"format": "pt", "converted_from": Path(path).name}
+            )
+            publish(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(globals()[f"cmd_{args.command}"](args) or 0)
     except XBenchError as exc:  # a user error: one line, no traceback
+        if os.environ.get("XBENCH_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"xbench: error: {message}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from .errors import ConfigError
 from .schema import GroupKey, record_group
+from .io.output import publish, writing
 
 
 def _safe(name: str) -> str:
@@ -63,8 +64,10 @@ class RunStore:
         """Write JSON atomically (a reader never sees half a file)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
-        os.replace(tmp, path)
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+        with writing(path, temporary=tmp):
+            tmp.write_text(text)
+            os.replace(tmp, path)
 
     def write_shard_info(self, shard: str, info: Mapping[str, Any]) -> None:
         """What one job-array shard built, for `xbench merge` (shards do not write the manifest)."""
@@ -87,8 +90,10 @@ class RunStore:
             _cut_partial_line(path)
             fh = self._writers[key] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
         attempt = time.time_ns()
-        fh.write("".join(json.dumps({**r, "attempt": attempt}, allow_nan=False) + "\n" for r in records))
-        fh.flush()
+        text = "".join(json.dumps({**r, "attempt": attempt}, allow_nan=False) + "\n" for r in records)
+        with writing(fh.name):  # a half-written line is cut away when the run resumes
+            fh.write(text)
+            fh.flush()
 
     def close(self) -> None:
         for fh in self._writers.values():
@@ -158,9 +163,11 @@ class RunStore:
         self._map_counter[key] = n + 1
         tensors = {k: v.detach().to("cpu").half().contiguous() for k, v in maps.items()}
         tmp = folder / f".shard-{shard}-{n:06d}.tmp"
+        target = folder / f"shard-{shard}-{n:06d}.safetensors"
         meta = {"geometries": json.dumps({k: g.as_dict() for k, g in (geometries or {}).items()})}
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, folder / f"shard-{shard}-{n:06d}.safetensors")
+        with writing(target, temporary=tmp):
+            save_file(tensors, str(tmp), metadata=meta)
+            publish(tmp, target)
 
     def load_map(self, dataset: str, model: str, explainer: str, sample_id: str, finding: str) -> Any:
         """One cached map as a float32 tensor, or None."""

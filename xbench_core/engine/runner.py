@@ -14,13 +14,14 @@ import contextlib
 import copy
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, MapError, XBenchError
+from ..errors import CheckpointError, ConfigError, DataError, MapError, XBenchError
 from ..io.layout import image_fit_problem
 from ..plugins import Registry
 from ..schema import Record, make_record
@@ -145,7 +146,15 @@ class Runner:
         runs = []
         for comp in self.cfg.models:
             spec = self.registry.models[comp.name]
-            model = spec.build(**comp.options)
+            with warnings.catch_warnings(record=True) as caught:  # shown once the model is built
+                try:
+                    model = spec.build(**comp.options)
+                except XBenchError:
+                    raise
+                except Exception as exc:  # a bad file behind an option (truncated weights): one line
+                    raise CheckpointError(build_failure(comp.name, comp.options, exc)) from exc
+            for w in caught:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
             if model.module is not None:
                 model.module.to(self.device).eval()
             caps = set(spec.capabilities) | set(model.capabilities())
@@ -449,6 +458,20 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def build_failure(name: str, options: dict[str, Any], exc: BaseException) -> str:
+    """The one-line message of a model that could not be built, naming the files it was given."""
+    lines = str(exc).strip().splitlines() or [""]
+    first = lines[0]
+    blocked = [ln.strip() for ln in lines if ln.strip().startswith("WeightsUnpickler error")]
+    if blocked:  # torch refused a pickle that is not plain weights: say so, not its long advice
+        first = f"the file holds more than weights and was not loaded ({blocked[0]})"
+    first = first if len(first) <= 300 else first[:297] + "..."
+    files = [f"{k}={v}" for k, v in options.items() if isinstance(v, str) and ("/" in v or os.sep in v)]
+    where = f"; check the files it was given ({', '.join(files)})" if files else ""
+    return (f"model {name} could not be built: {type(exc).__name__}: {first}{where}. "
+            "Set XBENCH_DEBUG=1 for the traceback")
 
 
 def _reason(exc: BaseException, images: int) -> str:

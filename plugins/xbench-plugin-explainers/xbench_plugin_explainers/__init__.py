@@ -38,11 +38,11 @@ RISE = ExplainerSpec(
     requires=frozenset(),
     needs_grad=False,
     options=(
-        Option("masks", int, 500, "number of random masks N (= image forwards per image)"),
-        Option("cells", int, 7, "side s of the coarse binary grid each mask is drawn on"),
-        Option("p", float, 0.5, "probability that a grid cell is kept (the paper's p1)"),
-        Option("batch", int, 50, "masked images per forward call"),
-        Option("seed", int, 0, "seed of the masks: the same masks for every image and run"),
+        Option("masks", int, 500, "number of random masks N (= image forwards per image)", min=1),
+        Option("cells", int, 7, "side s of the coarse binary grid each mask is drawn on", min=1),
+        Option("p", float, 0.5, "probability that a grid cell is kept (the paper's p1)", min=0.01, max=1),
+        Option("batch", int, 50, "masked images per forward call", min=1),
+        Option("seed", int, 0, "seed of the masks: the same masks for every image and run", min=0),
         Option(
             "grid",
             str,
