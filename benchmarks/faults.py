@@ -490,6 +490,43 @@ def duplicate_names(tmp: Path) -> None:
         user_error(xbench("--strict-plugins", "list"), "two models are named 'random'")
 
 
+# ---- smaller ----------------------------------------------------------------------------------
+@case("11 `xbench inspect X --set X.root=...` as the dataset READMEs show it")
+def inspect_set_forms(tmp: Path) -> None:
+    for form in ("size=3", "phantom.size=3"):
+        out = xbench("inspect", "phantom", "--set", form, "--set", "phantom.resolution=64", "--json")
+        assert out.code == 0, out.err
+        assert json.loads(out.out)["images"] == 3
+
+
+@case("12 `xbench install rsna` suggests a name this project does not publish")
+def install_names(tmp: Path) -> None:
+    import subprocess
+
+    calls: list[list[str]] = []
+    original = subprocess.call
+    subprocess.call = lambda cmd: calls.append(cmd) or 0  # type: ignore[assignment]
+    try:
+        assert xbench("install", "rsna").code == 0 and calls[-1][-1] == "xbench-plugin-rsna-pneumonia", calls
+        user_error(xbench("install", "totally-unrelated"), "not an XBench plugin this project publishes")
+        assert len(calls) == 1
+    finally:
+        subprocess.call = original  # type: ignore[assignment]
+
+
+@case("13 `xbench list | head` ends in a BrokenPipeError traceback")
+def broken_pipe(tmp: Path) -> None:
+    import subprocess
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has left before anything is written
+    proc = subprocess.run([sys.executable, "-m", "xbench_core", "list"], stdout=write, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+    os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.returncode
+
+
 # ---- the verdict -------------------------------------------------------------------------------
 def run_case(name: str) -> tuple[str, str]:
     """('ok' | 'silent' | 'traceback', detail) of one case, in a fresh temporary folder."""

@@ -20,7 +20,7 @@ from xbench_core.io.regions import (
     encode_coco_rle,
     resample_mask,
 )
-from xbench_core.testing import realdata
+from xbench_core.testing import import_test_dependency, realdata
 
 # pycocotools 2.0 under numpy 2 warns about the `copy` keyword: not ours
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -228,7 +228,7 @@ def _random_masks(rng: np.random.Generator):
 
 
 def test_coco_rle_against_pycocotools_random():
-    mask_util = pytest.importorskip("pycocotools.mask")
+    mask_util = import_test_dependency("pycocotools.mask")
     rng = np.random.default_rng(0)
     for m in _random_masks(rng):
         enc = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
@@ -292,7 +292,7 @@ def test_coco_rle_area_counts_the_foreground(seed):
     m = rng.random((rng.integers(1, 60), rng.integers(1, 60))) < rng.uniform(0, 1)
     rle = encode_coco_rle(m)
     assert coco_rle_area(rle) == m.sum()
-    mask_util = pytest.importorskip("pycocotools.mask")
+    mask_util = import_test_dependency("pycocotools.mask")
     text = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
     assert coco_rle_area({"size": text["size"], "counts": text["counts"].decode()}) == m.sum()
 
@@ -329,7 +329,7 @@ def test_region_resized_scales_coordinates_and_keeps_rles_exact():
 
 
 def test_real_chexlocalize_segmentations_against_pycocotools():
-    mask_util = pytest.importorskip("pycocotools.mask")
+    mask_util = import_test_dependency("pycocotools.mask")
     data = json.loads(realdata("chexlocalize", "gt_segmentations_val.json").read_text())
     positives = 0
     for _image, tasks in data.items():

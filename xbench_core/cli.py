@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import XBenchError
 
     try:
-        return int(globals()[f"cmd_{args.command}"](args) or 0)
+        code = int(globals()[f"cmd_{args.command}"](args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that left (`| head`) is handled below
+        return code
     except XBenchError as exc:  # a user error: one line, no traceback
         if os.environ.get("XBENCH_DEBUG"):
             import traceback
@@ -120,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xbench: interrupted; finished records are on disk, run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `xbench list | head`: the reader left; nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush is quiet
+        return 0
 
 
 def _registry(args: argparse.Namespace) -> Any:
@@ -355,8 +361,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    names = [n if n.startswith("xbench-plugin-") or os.sep in n or n.startswith(".") else f"xbench-plugin-{n}"
-             for n in args.names]
+    from .published import install_name
+
+    names = [install_name(n) for n in args.names]
     cmd = [sys.executable, "-m", "pip", "install", *names]
     print("+ " + " ".join(cmd))
     return subprocess.call(cmd)
@@ -399,8 +406,16 @@ def cmd_preset(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
+def inspect_options(dataset: str, sets: list[str]) -> dict[str, Any]:
+    """`xbench inspect DATASET --set ...` options: KEY=VALUE, or DATASET.KEY=VALUE as `xbench run`
+    takes them (the dataset READMEs show that form)."""
     from .engine.config import parse_set
+
+    prefix = f"{dataset}."
+    return parse_set([s if s.startswith(prefix) else prefix + s for s in sets]).get(dataset, {})
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .inspect import format_inspection, inspect_dataset
 
@@ -415,7 +430,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not args.dataset:
         raise ConfigError("xbench inspect needs a dataset name or --preset NAME")
     spec = registry.get("datasets", args.dataset)
-    options = parse_set([f"{args.dataset}.{s}" for s in args.sets]).get(args.dataset, {})
+    options = inspect_options(args.dataset, args.sets)
     if args.root is not None:
         options["root"] = args.root
     if args.split is not None:

@@ -80,10 +80,11 @@ class Registry:
         fail = ""
         if self.failures:
             fail = " Some plugins failed to load: see `xbench plugins`."
-        raise ConfigError(
-            f"no {kind[:-1]} named {name!r}.{hint} Installed: {avail}. "
-            f"Install a plugin with `xbench install NAME`.{fail}"
-        )
+        from .published import PREFIX, published_distribution
+
+        dist = published_distribution(name)  # only ever a name this project publishes
+        install = f" It is in {dist}: `xbench install {dist.removeprefix(PREFIX)}`." if dist else ""
+        raise ConfigError(f"no {kind[:-1]} named {name!r}.{hint} Installed: {avail}.{install}{fail}")
 
     def owner(self, kind: str, name: str) -> Distribution:
         return self.owners[(kind, name)]

@@ -50,6 +50,7 @@ __all__ = [
     "compare_with_key_listing",
     "realdata",
     "reference",
+    "import_test_dependency",
     "get_registry",
     "inspect_dataset",
     "encode_queries",
@@ -66,6 +67,20 @@ def realdata(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} not present (only in the project's CI checkout)")
     return path
+
+
+def import_test_dependency(module: str) -> Any:
+    """Import a test-only dependency (the `test` extra): skipped in a user's environment without it,
+    but a failure in CI (`CI` set), where a skip would silently drop the comparison it makes."""
+    import importlib
+    import os
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{module} is missing in CI: install the test extra (pip install -e '.[test]'): {exc}")
+        pytest.skip(f"{module} is not installed (pip install -e '.[test]')")
 
 
 def reference(*parts: str) -> Path:

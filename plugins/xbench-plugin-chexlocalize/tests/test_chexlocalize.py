@@ -15,7 +15,7 @@ from xbench_plugin_chexlocalize.saliency import read_saliency_map, read_segmenta
 from xbench_core import DataError, ImageReadError, coco_rle_area, decode_coco_rle, encode_coco_rle
 from xbench_core.inspect import inspect_dataset
 from xbench_core.plugins import get_registry
-from xbench_core.testing import DatasetPluginTests, realdata
+from xbench_core.testing import DatasetPluginTests, import_test_dependency, realdata
 
 CSV_HEADER = (
     "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,"
@@ -344,7 +344,7 @@ def test_real_image_decodes(real_root):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools and numpy 2
 def test_core_decoder_matches_pycocotools():
-    mask_api = pytest.importorskip("pycocotools.mask")
+    mask_api = import_test_dependency("pycocotools.mask")
     checked = 0
     for name in ("gt_segmentations_val.json", "gradcam_segmentations_val_sample.json"):
         data = json.loads(realdata("chexlocalize", name).read_text())
