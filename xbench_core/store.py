@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import ConfigError
-from .schema import GroupKey, record_group
 from .io.output import publish, writing
+from .schema import GroupKey, record_group
 
 
 def _safe(name: str) -> str:
