@@ -28,18 +28,23 @@ from xbench_core import (
 
 def test_fit_regions_to_image() -> None:
     region = Region.from_boxes((1024, 1024), [[100, 200, 300, 400]])
-    sample = Sample("d", "a", np.zeros((256, 512), np.float32), {"x": 1}, {"x": region})
+    sample = Sample("d", "a", np.zeros((256, 256), np.float32), {"x": 1}, {"x": region})
     sample.meta["size"] = (1024, 1024)
     assert fit_regions_to_image(sample) is sample
-    assert sample.meta == {"size": (256, 512), "label_size": (1024, 1024)}
-    assert sample.regions["x"].size == (256, 512)
-    np.testing.assert_array_equal(sample.regions["x"].boxes, [[50, 50, 150, 100]])
-    same = Sample("d", "b", np.zeros((4, 4)), {}, {"x": Region((4, 4))}, {"size": (4, 4)})
-    unknown = Sample("d", "c", np.zeros((4, 4)), {}, {"x": Region((8, 8))}, {})
+    assert sample.meta == {"size": (256, 256), "label_size": (1024, 1024)}
+    assert sample.regions["x"].size == (256, 256)
+    np.testing.assert_array_equal(sample.regions["x"].boxes, [[25, 50, 75, 100]])
+    same = Sample("d", "b", np.zeros((32, 32)), {}, {"x": Region((32, 32))}, {"size": (32, 32)})
+    unknown = Sample("d", "c", np.zeros((32, 32)), {}, {"x": Region((64, 64))}, {})
     for untouched in (same, unknown):
         meta, region = dict(untouched.meta), untouched.regions["x"]
         fit_regions_to_image(untouched)
         assert untouched.meta == meta and untouched.regions["x"] is region
+    # issue 16 item 4: an image of another shape, or a 1x1 placeholder, is not stretched to fit
+    for shape in ((256, 512), (1, 1)):
+        other = Sample("d", "e", np.zeros(shape, np.float32), {"x": 1}, {"x": region}, {"size": (1024, 1024)})
+        with pytest.raises(DataError, match="not the same image resized|more than 32 times larger"):
+            fit_regions_to_image(other)
 
 
 def test_clip_box() -> None:

@@ -67,9 +67,9 @@ def fit_regions_to_image(sample: Sample) -> Sample:
     """
     shape = tuple(sample.image.shape)  # type: ignore[union-attr]
     label_size = sample.meta.get("size")
-    if unfit := image_fit_problem(sample):  # checked before the regions are stretched to fit
-        raise DataError(f"{sample.meta.get('path', sample.id)}: {unfit}")
     if label_size is not None and shape != tuple(label_size):
+        if unfit := image_fit_problem(sample, min_side=1):  # before the regions are stretched to fit
+            raise DataError(f"{sample.meta.get('path', sample.id)}: {unfit}")
         sample.regions = {f: r.resized(shape) for f, r in sample.regions.items()}
         sample.meta["label_size"] = label_size
         sample.meta["size"] = shape
@@ -80,7 +80,7 @@ MIN_IMAGE_SIDE = 16  # pixels: no chest radiograph is smaller
 MAX_DOWNSCALE = 32  # an image may be a copy down to 1/32 of the frame its labels are drawn on
 
 
-def image_fit_problem(sample: Sample) -> str | None:
+def image_fit_problem(sample: Sample, min_side: int = MIN_IMAGE_SIDE) -> str | None:
     """Why a decoded image cannot carry its sample's regions, or None when it can.
 
     The regions are drawn on a frame (`Region.size`) that is mapped onto the image; a smaller copy
@@ -89,8 +89,8 @@ def image_fit_problem(sample: Sample) -> str | None:
     whole and score perfectly for any map), is a problem: the sample becomes an error record.
     """
     h, w = (int(s) for s in sample.image.shape[:2])  # type: ignore[union-attr]
-    if min(h, w) < MIN_IMAGE_SIDE:
-        return (f"image is {h}x{w} pixels, smaller than the minimum side of {MIN_IMAGE_SIDE}; "
+    if min(h, w) < min_side:
+        return (f"image is {h}x{w} pixels, smaller than the minimum side of {min_side}; "
                 "is the file a thumbnail or a placeholder? Replace it with the release's image")
     for finding, region in sample.regions.items():
         H, W = (int(s) for s in region.size)
