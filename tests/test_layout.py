@@ -28,12 +28,12 @@ from xbench_core import (
 
 def test_fit_regions_to_image() -> None:
     region = Region.from_boxes((1024, 1024), [[100, 200, 300, 400]])
-    sample = Sample("d", "a", np.zeros((256, 256), np.float32), {"x": 1}, {"x": region})
+    sample = Sample("d", "a", np.zeros((256, 512), np.float32), {"x": 1}, {"x": region})
     sample.meta["size"] = (1024, 1024)
     assert fit_regions_to_image(sample) is sample
-    assert sample.meta == {"size": (256, 256), "label_size": (1024, 1024)}
-    assert sample.regions["x"].size == (256, 256)
-    np.testing.assert_array_equal(sample.regions["x"].boxes, [[25, 50, 75, 100]])
+    assert sample.meta == {"size": (256, 512), "label_size": (1024, 1024)}
+    assert sample.regions["x"].size == (256, 512)
+    np.testing.assert_array_equal(sample.regions["x"].boxes, [[50, 50, 150, 100]])
     same = Sample("d", "b", np.zeros((32, 32)), {}, {"x": Region((32, 32))}, {"size": (32, 32)})
     unknown = Sample("d", "c", np.zeros((32, 32)), {}, {"x": Region((64, 64))}, {})
     for untouched in (same, unknown):
@@ -41,9 +41,9 @@ def test_fit_regions_to_image() -> None:
         fit_regions_to_image(untouched)
         assert untouched.meta == meta and untouched.regions["x"] is region
     # issue 16 item 4: an image of another shape, or a 1x1 placeholder, is not stretched to fit
-    for shape in ((256, 512), (1, 1)):
+    for shape in ((128, 1024), (1, 1)):
         other = Sample("d", "e", np.zeros(shape, np.float32), {"x": 1}, {"x": region}, {"size": (1024, 1024)})
-        with pytest.raises(DataError, match="not the same image resized|more than 32 times larger"):
+        with pytest.raises(DataError, match="not a copy of the same image|more than 32 times larger"):
             fit_regions_to_image(other)
 
 
@@ -176,12 +176,13 @@ def test_image_fit_problem() -> None:
         return Sample("d", "x", np.zeros(shape, np.float32), {"pneumonia": 1}, {"pneumonia": region}, {})
 
     for shape, frame in [((1024, 1024), (1024, 1024)), ((512, 512), (1024, 1024)), ((320, 390), (2320, 2828)),
-                         ((32, 32), (1024, 1024)), ((2544, 3056), (2544, 3056)), ((40, 50), (40, 50))]:
+                         ((32, 32), (1024, 1024)), ((2544, 3056), (2544, 3056)), ((40, 50), (40, 50)),
+                         ((1024, 1024), (2048, 2500)), ((40, 60), (96, 96))]:  # squashed copies are fine
         assert image_fit_problem(sample(shape, frame)) is None, (shape, frame)
     assert "1x1 pixels, smaller than the minimum side of 16" in image_fit_problem(sample((1, 1), (1024, 1024)))
     assert "more than 32 times larger" in image_fit_problem(sample((20, 20), (1024, 1024)))
-    assert "not the same image resized" in image_fit_problem(sample((512, 256), (1024, 1024)))
-    assert "not the same image resized" in image_fit_problem(sample((1024, 1024), (2048, 2500)))
+    assert "more than 32 times larger" in image_fit_problem(sample((1024, 20), (1024, 1024)))
+    assert "not a copy of the same image" in image_fit_problem(sample((1024, 200), (1024, 1024)))
 
 
 def test_label_name_problem() -> None:

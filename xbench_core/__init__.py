@@ -59,7 +59,7 @@ _LAZY = {
     "equalize_histogram": "blocks.preprocessing", "equalize_histogram_uint8": "blocks.preprocessing",
     "squash_imagenet": "blocks.preprocessing",
     "PreNormDecoderLayer": "blocks.decoder",
-    "LabelTableDataset": "io.layout", "clip_box": "io.layout", "fit_regions_to_image": "io.layout", "image_fit_problem": "io.layout", "label_name_problem": "io.layout", "MIN_IMAGE_SIDE": "io.layout", "MAX_DOWNSCALE": "io.layout", "group_label_rows": "io.layout", "image_index": "io.layout", "read_json": "io.layout", "require_choice": "io.layout", "select_listed": "io.layout", "under_root": "io.layout",
+    "LabelTableDataset": "io.layout", "clip_box": "io.layout", "fit_regions_to_image": "io.layout", "image_fit_problem": "io.layout", "label_name_problem": "io.layout", "MIN_IMAGE_SIDE": "io.layout", "MAX_DOWNSCALE": "io.layout", "MAX_SQUASH": "io.layout", "group_label_rows": "io.layout", "image_index": "io.layout", "read_json": "io.layout", "require_choice": "io.layout", "select_listed": "io.layout", "under_root": "io.layout",
     "PreNormDecoder": "blocks.fusion", "init_normal_weights": "blocks.fusion", "MEDKLIP_ENTITIES": "blocks.fusion", "COVID19_ENTITY": "blocks.fusion", "MEDKLIP_FINDINGS": "blocks.fusion", "EntityQueries": "blocks.fusion", "EntityQueryModel": "blocks.fusion", "write_tiny_text_encoder": "blocks.fusion",
     "DISEASE_PHRASES": "blocks.knowledge", "OLD_BERT_BUFFERS": "blocks.knowledge", "PhraseQueryModel": "blocks.knowledge", "squash_bicubic_8bit": "blocks.knowledge",
     "PROMPT_OPTIONS": "blocks.prompts", "PROMPT_PHRASES": "blocks.prompts", "PromptEmbeddings": "blocks.prompts", "PromptPairMixin": "blocks.prompts", "quiet_open_clip": "blocks.prompts", "strip_open_clip_schema": "blocks.prompts",

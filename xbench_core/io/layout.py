@@ -78,15 +78,18 @@ def fit_regions_to_image(sample: Sample) -> Sample:
 
 MIN_IMAGE_SIDE = 16  # pixels: no chest radiograph is smaller
 MAX_DOWNSCALE = 32  # an image may be a copy down to 1/32 of the frame its labels are drawn on
+MAX_SQUASH = 4  # and its two axes scaled differently, up to 4 times (squashed to a square)
 
 
 def image_fit_problem(sample: Sample, min_side: int = MIN_IMAGE_SIDE) -> str | None:
     """Why a decoded image cannot carry its sample's regions, or None when it can.
 
-    The regions are drawn on a frame (`Region.size`) that is mapped onto the image; a smaller copy
-    of the same image is fine (same shape up to rounding), but an image of another shape, or one
-    too small to hold the regions (a 1x1 file whose box was drawn on 1024x1024 would cover it
-    whole and score perfectly for any map), is a problem: the sample becomes an error record.
+    The regions are drawn on a frame (`Region.size`) that is scaled onto the image, axis by axis:
+    a resized copy is fine, squashed to a square too. But an image too small to hold the regions (a
+    1x1 file whose box was drawn on 1024x1024 would lie wholly inside it and score perfectly for
+    any map), more than MAX_DOWNSCALE times smaller than the frame on an axis, or scaled so
+    differently on its two axes that it cannot be a copy of the same image (more than
+    MAX_SQUASH), is a problem: the sample becomes an error record, never a score.
     """
     h, w = (int(s) for s in sample.image.shape[:2])  # type: ignore[union-attr]
     if min(h, w) < min_side:
@@ -95,13 +98,12 @@ def image_fit_problem(sample: Sample, min_side: int = MIN_IMAGE_SIDE) -> str | N
     for finding, region in sample.regions.items():
         H, W = (int(s) for s in region.size)
         sy, sx = h / H, w / W
-        if max(sy, sx) < 1 / MAX_DOWNSCALE:
+        if min(sy, sx) < 1 / MAX_DOWNSCALE:
             return (f"image is {h}x{w} pixels but the {finding} region is drawn on {H}x{W}, more than "
                     f"{MAX_DOWNSCALE} times larger; is the file a thumbnail? Use the release's image")
-        # a resized copy keeps the shape: both scale factors agree up to rounding (2% and a pixel)
-        if abs(sy - sx) > 0.02 * max(sy, sx) + 1.0 / min(H, W):
-            return (f"image is {h}x{w} pixels but the {finding} region is drawn on {H}x{W}: not the "
-                    "same image resized; check that the file belongs to this label file")
+        if max(sy, sx) > MAX_SQUASH * min(sy, sx):
+            return (f"image is {h}x{w} pixels but the {finding} region is drawn on {H}x{W}: not a copy "
+                    "of the same image; check that the file belongs to this label file")
     return None
 
 
