@@ -2,7 +2,8 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xbench-installed
-PLUGINS := $(sort $(wildcard plugins/xbench-plugin-*))
+# every distribution under plugins/: the plugins and the libraries they share (xbench-blocks)
+PLUGINS := $(sort $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml)))
 
 .PHONY: demo test install lint typecheck bench clean
 

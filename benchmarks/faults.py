@@ -423,7 +423,7 @@ def bad_text_encoder(tmp: Path) -> None:
 
     if "medklip" not in get_registry().models:
         raise Skip("the medklip plugin is not installed")
-    from xbench_core import write_tiny_text_encoder
+    from xbench_blocks.fusion import write_tiny_text_encoder
 
     folder = write_tiny_text_encoder(tmp / "te", ["pneumonia"])
     weights = folder / "model.safetensors"

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from synthetic import install_plugin, write_dicoms
 
+from xbench_core import get_registry
 from xbench_core.engine.config import build_config
 from xbench_core.engine.image_cache import CacheSettings, ImageCache
 from xbench_core.engine.session import execute
-from xbench_core.plugins import get_registry
 
 
 def main() -> None:

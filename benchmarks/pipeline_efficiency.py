@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from synthetic import FINDINGS, best_model, install_plugin, write_dicoms
 
+from xbench_core import get_registry
 from xbench_core.engine.config import build_config
 from xbench_core.engine.session import execute
-from xbench_core.plugins import get_registry
 
 
 def bare(registry, root: Path, name: str, options: dict, batch: int) -> float:

@@ -123,7 +123,7 @@ def install_plugin(folder: Path) -> Path:
     (dist / "entry_points.txt").write_text("[xbench]\nbench-dicoms = xbench_bench_dicoms\n")
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
-    from xbench_core.plugins import get_registry
+    from xbench_core import get_registry
 
     get_registry(refresh=True)
     return folder

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xbench_core import (
-    DataError,
+from xbench_core import DataError, ImageReadError
+from xbench_core.io import (
     ImageIndex,
-    ImageReadError,
     dicom_header,
     find_file,
     id_from_value,

@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xbench_core import (
-    ConfigError,
-    DataError,
-    ImageReadError,
+from xbench_core import ConfigError, DataError, ImageReadError, Region, Sample
+from xbench_core.io.layout import (
     LabelTableDataset,
-    Region,
-    Sample,
     clip_box,
     fit_regions_to_image,
     group_label_rows,

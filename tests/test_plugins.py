@@ -422,3 +422,24 @@ def test_temporary_plugin_clash_with_builtin(monkeypatch):
         with pytest.raises(PluginError, match=r"'random'.*xbench .*tmp-clash"):
             get_registry(strict=True)
     assert get_registry(refresh=True).owner("models", "random").name == "xbench"
+
+
+# ---- libraries that plugins depend on ------------------------------------------------------------
+def test_libraries_of_plugins_are_recorded(fake, monkeypatch):
+    """A plugin's dependency that itself requires the core (shared model code) is a library whose
+    version the manifest records; other dependencies (numpy) and unrelated distributions are not."""
+    fake.add("xbench-test-lib-user", GOOD.format(name="libuser"))
+    info = fake.root / "xbench_test_lib_user-0.1.dist-info" / "METADATA"
+    info.write_text(info.read_text() + "Requires-Dist: xbench-test-shared (<0.3,>=0.2)\nRequires-Dist: numpy\n")
+    for name, requires in (("xbench-test-shared", plugins.CORE_DISTRIBUTION), ("xbench-test-other", "numpy")):
+        lib = fake.root / f"{name.replace('-', '_')}-0.2.5.dist-info"
+        lib.mkdir()
+        (lib / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.2.5\nRequires-Dist: {requires}>=0.1\n"
+        )
+    monkeypatch.setenv("XBENCH_PLUGINS", "xbench-test-lib-user")
+    reg = get_registry(refresh=True)
+    assert plugins.libraries(reg) == {"xbench-test-shared": "0.2.5"}
+    from xbench_core.engine.session import versions
+
+    assert versions(reg)["libraries"] == {"xbench-test-shared": "0.2.5"}

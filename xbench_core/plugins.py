@@ -13,6 +13,7 @@ the same hooks, from `xbench_core.builtin`.
 from __future__ import annotations
 
 import os
+import re
 import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -30,7 +31,8 @@ KINDS = {
     "explainers": ("xbench_register_explainers", ExplainerSpec),
     "metrics": ("xbench_register_metrics", MetricSpec),
 }
-BUILTIN = "xbench"
+CORE_DISTRIBUTION = "xbench"  # the core's distribution name on the package index
+BUILTIN = CORE_DISTRIBUTION
 ENTRY_POINT_GROUP = "xbench"
 
 
@@ -131,7 +133,7 @@ def _load(strict: bool) -> Registry:
     pm = pluggy.PluginManager("xbench")
     pm.add_hookspecs(hookspecs)
     registry = Registry()
-    core = Distribution(BUILTIN, _version("xbench"), "builtin")
+    core = Distribution(BUILTIN, _version(CORE_DISTRIBUTION), "builtin")
     dists: dict[str, Distribution] = {"builtin": core}
     pm.register(builtin, name="builtin")
 
@@ -231,6 +233,30 @@ def _fail(registry: Registry, strict: bool, plugin: str, dist: str, exc: BaseExc
             "(run without --strict-plugins to skip it)"
         ) from exc
     registry.failures.append(Failure(plugin, dist, message, traceback.format_exc()))
+
+
+def libraries(registry: Registry) -> dict[str, str]:
+    """Installed libraries that plugin distributions require and that themselves require the core
+    (shared model code such as xbench-cxr-blocks), name -> version: they change what plugins
+    compute, so the manifest records them beside the plugins."""
+    core, found = _norm(CORE_DISTRIBUTION), {}
+    for plugin in registry.distributions:
+        for requirement in _requires(plugin.name):
+            name = _requirement_name(requirement)
+            if name != core and core in {_requirement_name(r) for r in _requires(name)}:
+                found[name] = _version(name)
+    return dict(sorted(found.items()))
+
+
+def _requires(dist: str) -> list[str]:
+    try:
+        return metadata.requires(dist) or []
+    except metadata.PackageNotFoundError:
+        return []
+
+
+def _requirement_name(requirement: str) -> str:
+    return _norm(re.split(r"[\s\[<>=!~;(]", requirement.strip(), maxsplit=1)[0])
 
 
 def _version(dist: str) -> str:

@@ -1,5 +1,5 @@
-"""Test support for plugin authors: conformance suites, a throwaway-plugin fixture, tiny text
-encoders and official-layout checkpoints with random weights.
+"""Test support for plugin authors: conformance suites, a throwaway-plugin fixture and
+official-layout checkpoints with random weights (tiny text encoders: `xbench_blocks`).
 
 A plugin's tests subclass a suite and provide one fixture:
 
@@ -28,12 +28,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .blocks.text import generated_vocabulary, write_bert_folder
 from .dataset import Dataset
 from .engine.calls import encode_queries, explain, forward
 from .findings import BY_ID
 from .geometry import Geometry
-from .inspect import inspect_dataset
 from .model import Model
 from .plugins import get_registry, register_plugin, unregister_plugin
 from .types import Sample
@@ -44,15 +42,11 @@ __all__ = [
     "ExplainerPluginTests",
     "MetricPluginTests",
     "temporary_plugin",
-    "write_bert_folder",
-    "generated_vocabulary",
     "save_official_checkpoint",
     "compare_with_key_listing",
     "realdata",
     "reference",
     "import_test_dependency",
-    "get_registry",
-    "inspect_dataset",
     "encode_queries",
     "forward",
     "explain",

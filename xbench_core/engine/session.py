@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..plugins import Registry
+from ..plugins import CORE_DISTRIBUTION, Registry, libraries
 from ..schema import SCHEMA_VERSION, assemble_results
 from ..store import RunStore
 from .config import RunConfig, default_out
@@ -44,6 +44,7 @@ def versions(registry: Registry) -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "plugins": {d.name: d.version for d in registry.distributions},
+        "libraries": libraries(registry),
     }
 
 
@@ -87,7 +88,7 @@ def _execute(
     if barrier is not None:
         barrier()
     manifest: dict[str, Any] = {
-        "xbench": versions(registry)["plugins"].get("xbench"),
+        "xbench": versions(registry)["plugins"].get(CORE_DISTRIBUTION),
         "schema": SCHEMA_VERSION,
         "config": _jsonable(cfg.as_dict()),
         "identity": _jsonable(cfg.evaluation_identity()),

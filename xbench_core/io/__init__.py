@@ -1,4 +1,5 @@
-"""Reading images, ground-truth regions and the files datasets come in."""
+"""Reading images, ground-truth regions and the files datasets come in (the toolkit of dataset
+plugins; `Region` itself is part of the public face: `from xbench_core import Region`)."""
 
 from .files import (
     ID_COLUMNS,
@@ -15,7 +16,6 @@ from .files import (
 )
 from .images import read_image
 from .regions import (
-    Region,
     coco_rle_area,
     decode_coco_rle,
     decode_relative_rle,
@@ -23,7 +23,7 @@ from .regions import (
 )
 
 __all__ = [
-    "ID_COLUMNS", "IMAGE_SUFFIXES", "DicomHeader", "IdList", "ImageIndex", "Region",
+    "ID_COLUMNS", "IMAGE_SUFFIXES", "DicomHeader", "IdList", "ImageIndex",
     "coco_rle_area", "decode_coco_rle", "decode_relative_rle", "dicom_header", "encode_coco_rle",
     "find_file", "id_from_value", "open_text", "read_id_list", "read_image", "split_image_name",
 ]  # fmt: skip

@@ -1,5 +1,3 @@
-"""Metrics over the records of one (dataset, model, explainer, finding), and their aggregation."""
+"""Metrics over the records of one (dataset, model, explainer, finding), and their aggregation.
 
-from .data import FindingData, Undefined
-
-__all__ = ["FindingData", "Undefined"]
+What metric plugins need (`FindingData`, `Undefined`) is imported from `xbench_core`."""

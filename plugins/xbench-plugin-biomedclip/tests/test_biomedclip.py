@@ -11,17 +11,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from xbench_blocks.text import generated_vocabulary, write_bert_folder
 
-from xbench_core import AssetError, CheckpointError, ConfigError
-from xbench_core.plugins import get_registry
+from xbench_core import AssetError, CheckpointError, ConfigError, get_registry
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
     encode_queries,
-    generated_vocabulary,
     reference,
     save_official_checkpoint,
-    write_bert_folder,
 )
 
 

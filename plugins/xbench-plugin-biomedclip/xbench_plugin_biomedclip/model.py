@@ -8,7 +8,7 @@ Official code followed:
   transform: shortest side to 224, bicubic, center crop 224);
 - the positive/negative prompt softmax and the patch-token map of ../shared/reference/models.md,
   section 2: tokens after `trunk.norm`, projected by `visual.head`, cosine with the prompt (the
-  prompt pair, preprocessing, scores and maps are shared with CLIP in `xbench_core.blocks.prompts`).
+  prompt pair, preprocessing, scores and maps are shared with CLIP in `xbench_blocks.prompts`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,9 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from xbench_blocks import PromptPairMixin
 
-from xbench_core import (
-    ConfigError,
-    FeatureLayer,
-    Model,
-    PromptPairMixin,
-)
+from xbench_core import ConfigError, FeatureLayer, Model
 
 from .loading import build, load_weights, resolve_checkpoint, resolve_text
 

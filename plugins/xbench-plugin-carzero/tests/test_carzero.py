@@ -10,22 +10,22 @@ import types
 import numpy as np
 import pytest
 import torch
+from xbench_blocks.text import write_bert_folder
 from xbench_plugin_carzero.model import BERT_SHAPE, POSITION_IDS
 from xbench_plugin_carzero.preprocess import MEAN, STD
 from xbench_plugin_carzero.prompts import PROMPTS
 from xbench_plugin_carzero.text import WORD_NUM, TextEncoder, process_text, tokenize
 
-from xbench_core import FINDINGS, CheckpointError, UnsupportedFinding, letterbox_crop
+from xbench_core import FINDINGS, CheckpointError, UnsupportedFinding, get_registry
+from xbench_core.geometry import letterbox_crop
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
     encode_queries,
     forward,
-    get_registry,
     realdata,
     reference,
     save_official_checkpoint,
-    write_bert_folder,
 )
 
 
@@ -363,7 +363,7 @@ def test_letterbox_round_trip_on_a_non_square_image() -> None:
 
 
 def test_real_image_preprocess(model) -> None:  # noqa: ANN001
-    from xbench_core import read_image
+    from xbench_core.io import read_image
 
     image = read_image(realdata("chexlocalize", "p64541.jpg"))
     pixels, geometry = model.preprocess(image)

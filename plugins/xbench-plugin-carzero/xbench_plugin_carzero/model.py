@@ -22,17 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xbench_core import (
-    AssetError,
-    FeatureLayer,
-    Geometry,
-    Model,
-    ModelOutput,
-    UnsupportedFinding,
-    load_checkpoint,
-    load_state_dict_strict,
-    resolve_asset,
-)
+from xbench_core import AssetError, FeatureLayer, Geometry, Model, ModelOutput, UnsupportedFinding
+from xbench_core.assets import resolve_asset
+from xbench_core.checkpoints import load_checkpoint, load_state_dict_strict
 
 from .network import GRID, CARZeroNetwork
 from .preprocess import preprocess_image
@@ -115,7 +107,7 @@ class CARZero(Model):
         is written to `scratch`, so that nothing needs to be downloaded.
         """
         if self.random_weights and text_encoder is None:
-            from xbench_core.blocks.text import write_bert_folder
+            from xbench_blocks import write_bert_folder
 
             return write_bert_folder(scratch / "bert", **BERT_SHAPE)
         found = {}

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from xbench_core import Geometry, letterbox_crop
+from xbench_core import Geometry
+from xbench_core.geometry import letterbox_crop
 
 CANVAS = 256  # data.image.imsize
 CROP = 224  # transforms.random_crop.crop_size (CenterCrop at test time)

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xbench_core import ConfigError, DataError, ImageReadError
+from xbench_core import ConfigError, DataError, ImageReadError, get_registry
 from xbench_core.inspect import inspect_dataset
-from xbench_core.plugins import get_registry
 from xbench_core.testing import DatasetPluginTests, realdata
 
 N = 1024

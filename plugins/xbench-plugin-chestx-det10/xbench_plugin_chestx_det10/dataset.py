@@ -18,21 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from xbench_core import (
-    ConfigError,
-    DataError,
-    Dataset,
-    Problem,
-    Region,
-    Sample,
-    canonical,
+from xbench_core import ConfigError, DataError, Dataset, Problem, Region, Sample, canonical
+from xbench_core.dataset import require_file
+from xbench_core.io import id_from_value
+from xbench_core.io.layout import (
     clip_box,
-    id_from_value,
     image_index,
     label_name_problem,
     read_json,
     require_choice,
-    require_file,
     select_listed,
     under_root,
 )

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xbench_core import DataError, ImageReadError
+from xbench_core import DataError, ImageReadError, get_registry
 from xbench_core.inspect import inspect_dataset
-from xbench_core.plugins import get_registry
 from xbench_core.testing import DatasetPluginTests, realdata
 
 N = 1024

@@ -15,22 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xbench_core import (
-    ConfigError,
-    DataError,
-    Dataset,
-    Problem,
-    Region,
-    Sample,
-    canonical,
+from xbench_core import ConfigError, DataError, Dataset, Problem, Region, Sample, canonical
+from xbench_core.dataset import require_file
+from xbench_core.io import find_file, id_from_value, open_text
+from xbench_core.io.layout import (
     clip_box,
-    find_file,
-    id_from_value,
     image_index,
     label_name_problem,
-    open_text,
     require_choice,
-    require_file,
     select_listed,
     under_root,
 )

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image, ImageDraw
 from xbench_plugin_chexlocalize.saliency import read_saliency_map, read_segmentations
 
-from xbench_core import DataError, ImageReadError, coco_rle_area, decode_coco_rle, encode_coco_rle
+from xbench_core import DataError, ImageReadError, get_registry
 from xbench_core.inspect import inspect_dataset
-from xbench_core.plugins import get_registry
+from xbench_core.io import coco_rle_area, decode_coco_rle, encode_coco_rle
 from xbench_core.testing import DatasetPluginTests, import_test_dependency, realdata
 
 CSV_HEADER = (
@@ -387,7 +387,7 @@ def test_published_chexpert_test_list_format(tmp_path):
     accepted as a split_file: its `Path` values become CheXlocalize ids."""
     from xbench_plugin_chexlocalize.dataset import cxr_id
 
-    from xbench_core.io.files import read_id_list
+    from xbench_core.io import read_id_list
 
     listing = read_id_list(realdata("splits", "mavl-chexpertv1-filter_test_labels.csv"),
                            normalize=lambda v: cxr_id(v) or v.strip())

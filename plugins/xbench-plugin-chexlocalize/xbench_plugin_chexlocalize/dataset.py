@@ -21,19 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from xbench_core import (
-    ConfigError,
-    DataError,
-    Dataset,
-    Problem,
-    Region,
-    Sample,
-    canonical,
-    coco_rle_area,
-    open_text,
+from xbench_core import ConfigError, DataError, Dataset, Problem, Region, Sample, canonical
+from xbench_core.dataset import require_file
+from xbench_core.io import coco_rle_area, open_text
+from xbench_core.io.layout import (
     read_json,
     require_choice,
-    require_file,
     select_listed,
     under_root,
 )

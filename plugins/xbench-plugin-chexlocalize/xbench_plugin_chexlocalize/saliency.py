@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from xbench_core import ConfigError, DataError, Region, canonical, read_pickle_safely
+from xbench_core import ConfigError, DataError, Region, canonical
+from xbench_core.checkpoints import read_pickle_safely
 
 from .dataset import cxr_id
 
@@ -54,7 +55,7 @@ def _array(value: Any) -> np.ndarray:
 
 
 def read_saliency_map(path: str | Path) -> SaliencyMap:
-    """Read a cheXlocalize `*_map.pkl` through `xbench_core.read_pickle_safely`."""
+    """Read a cheXlocalize `*_map.pkl` through `xbench_core.checkpoints.read_pickle_safely`."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"saliency map not found: {path}")

@@ -16,14 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xbench_core import (
-    AssetError,
-    CheckpointError,
-    ConfigError,
-    Geometry,
-    read_image,
-)
-from xbench_core.plugins import get_registry
+from xbench_core import AssetError, CheckpointError, ConfigError, Geometry, get_registry
+from xbench_core.io import read_image
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,

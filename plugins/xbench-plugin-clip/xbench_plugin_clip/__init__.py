@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from xbench_core import PROMPT_OPTIONS, ModelSpec, Option, hookimpl
+from xbench_blocks import PROMPT_OPTIONS
+
+from xbench_core import ModelSpec, Option, hookimpl
 
 SPEC = ModelSpec(
     name="clip",

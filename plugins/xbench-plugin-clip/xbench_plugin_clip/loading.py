@@ -16,16 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xbench_core import (
-    AssetError,
-    CheckpointError,
-    ConfigError,
-    load_checkpoint,
-    load_state_dict_strict,
-    quiet_open_clip,
-    resolve_asset,
-    strip_open_clip_schema,
-)
+from xbench_blocks import quiet_open_clip, strip_open_clip_schema
+
+from xbench_core import AssetError, CheckpointError, ConfigError
+from xbench_core.assets import resolve_asset
+from xbench_core.checkpoints import load_checkpoint, load_state_dict_strict
 
 ENV = "XBENCH_CLIP_CHECKPOINT"
 VARIANTS = ("ViT-B-16", "RN50")

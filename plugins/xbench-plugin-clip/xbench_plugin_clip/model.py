@@ -6,7 +6,7 @@ Official code followed:
 - OpenAI's preprocessing (openai/CLIP clip/clip.py `_transform`, open_clip `image_transform_v2` with
   the OpenAI mean and std): shortest side to 224 with bicubic resampling, center crop 224;
 - the CheXzero-style positive/negative prompt softmax (see ../shared/reference/models.md, section 1),
-  shared with BiomedCLIP in `xbench_core.blocks.prompts` (queries, preprocessing, scores, maps, logits);
+  shared with BiomedCLIP in `xbench_blocks.prompts` (queries, preprocessing, scores, maps, logits);
 - for the RN50 map, the MaskCLIP reformulation of the attention pool (value and output projections
   at every position, the query/key path skipped).
 """
@@ -18,15 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from xbench_blocks import PromptPairMixin
 
-from xbench_core import (
-    AssetError,
-    ConfigError,
-    DataError,
-    FeatureLayer,
-    Model,
-    PromptPairMixin,
-)
+from xbench_core import AssetError, ConfigError, DataError, FeatureLayer, Model
 
 from .loading import build_architecture, load_weights, resolve_checkpoint
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from xbench_core import ConfigError, DataError, ImageReadError
+from xbench_core import ConfigError, DataError, ImageReadError, get_registry
 from xbench_core.inspect import inspect_dataset
-from xbench_core.testing import DatasetPluginTests, get_registry
+from xbench_core.testing import DatasetPluginTests
 
 H, W = 90, 70
 RIGHT_LUNG = [[8.5, 10.0], [30.0, 8.0], [32.0, 80.0], [6.0, 78.5]]

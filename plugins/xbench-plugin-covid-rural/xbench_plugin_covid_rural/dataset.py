@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from xbench_core import DataError, Dataset, Problem, Region, Sample, select_listed
+from xbench_core import DataError, Dataset, Problem, Region, Sample
+from xbench_core.io.layout import select_listed
 
 LAYOUT = """\
   covid_rural_annot/                          (from github.com/haimingt/opacity_segmentation_covid_chest_X_ray)

@@ -16,6 +16,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from xbench_blocks import write_bert_folder
 from xbench_plugin_devide import SPEC
 from xbench_plugin_devide import model as devide_model
 from xbench_plugin_devide.model import CHECKPOINT_KEYS, to_checkpoint_layout, tokens_to_grid
@@ -28,7 +29,6 @@ from xbench_core.testing import (
     forward,
     reference,
     save_official_checkpoint,
-    write_bert_folder,
 )
 
 torch.set_num_threads(2)

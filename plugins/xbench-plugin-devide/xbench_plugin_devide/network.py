@@ -7,7 +7,7 @@ pin down follows KAD (xiaoman-zhang/KAD, commit 591d999): `CLP_clinical` (Med-KE
 `mlp_embed`), `TQN_Model` (shared `decoder_norm`, 4 pre-norm DETR decoder layers, d 768, 4 heads,
 FFN 1024, `mlp_head` -> 2) and `ModelViT224` (Hugging Face ViT-B/16 `vit.*`, tokens after the final
 layernorm, class token dropped). The parts shared with KAD (`CLP_clinical`, `TQN_Model` with
-DeViDe's `projection` layer after `mlp_head`) are `xbench_core.blocks.knowledge`'s `PhraseTextEncoder` and
+DeViDe's `projection` layer after `mlp_head`) are `xbench_blocks.knowledge`'s `PhraseTextEncoder` and
 `QueryDecoder(projection=True)`.
 """
 

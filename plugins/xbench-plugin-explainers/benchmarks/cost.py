@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xbench_core.testing import get_registry
+from xbench_core import get_registry
 
 FINDINGS = ("nodule", "mass", "consolidation", "pleural_effusion", "pneumothorax", "cardiomegaly")
 

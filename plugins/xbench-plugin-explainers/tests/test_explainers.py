@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from xbench_core import ConfigError, MapError
-from xbench_core.testing import ExplainerPluginTests, encode_queries, explain, forward, get_registry
+from xbench_core import ConfigError, MapError, get_registry
+from xbench_core.testing import ExplainerPluginTests, encode_queries, explain, forward
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

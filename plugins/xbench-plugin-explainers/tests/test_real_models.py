@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from xbench_core.testing import get_registry
+from xbench_core import get_registry
 
 MODELS = ("clip", "biomedclip", "medklip", "mavl", "kad", "carzero", "devide")
 EXPLAINERS = ("native", "gradcam", "gradcampp", "rise")

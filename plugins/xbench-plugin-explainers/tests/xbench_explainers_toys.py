@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from xbench_core import FeatureLayer, Model, ModelOutput, ModelSpec, Option, hookimpl, squash
+from xbench_core import FeatureLayer, Model, ModelOutput, ModelSpec, Option, hookimpl
+from xbench_core.geometry import squash
 
 INPUT = (48, 64)
 PATCH = 4

@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from xbench_blocks import write_bert_folder
 from xbench_plugin_kad import SPEC
 from xbench_plugin_kad.model import OLD_BERT_BUFFERS, SUBDICTS, reconcile_resnet_aliases
 from xbench_plugin_kad.network import ImageEncoder, ResNet50
@@ -26,7 +27,6 @@ from xbench_core.testing import (
     forward,
     reference,
     save_official_checkpoint,
-    write_bert_folder,
 )
 
 torch.set_num_threads(2)
@@ -147,7 +147,7 @@ def test_checkpoint_round_trip_is_exact(saved, small_model):
 
 
 def test_duplicate_resnet_keys_load_from_one_set_of_tensors(saved):
-    from xbench_core import load_checkpoint
+    from xbench_core.checkpoints import load_checkpoint
 
     _, path, loaded = saved
     stored = load_checkpoint(path, container="image_encoder")
@@ -171,7 +171,7 @@ def test_one_alias_set_is_completed_and_disagreeing_copies_refused():
     full = encoder.state_dict()
     only_resnet = {k: v.clone() for k, v in full.items() if not k.startswith("res_features.")}
     target = ImageEncoder()
-    from xbench_core import load_state_dict_strict
+    from xbench_core.checkpoints import load_state_dict_strict
 
     load_state_dict_strict(target, reconcile_resnet_aliases(only_resnet, source="x"), source="x")
     torch.testing.assert_close(

@@ -11,7 +11,7 @@ Followed (xiaoman-zhang/KAD, commit 591d999):
   (head-averaged) of the finding's query, reshaped to the 16 x 16 token grid.
 
 The parts KAD shares with DeViDe (queries, text side, query decoder, preprocessing, score, map,
-logits) are `xbench_core.PhraseQueryModel` (xbench_core/blocks/knowledge.py); the ResNet image encoder,
+logits) are `xbench_blocks.PhraseQueryModel` (xbench_blocks/knowledge.py); the ResNet image encoder,
 the checkpoint reader and the feature layer are KAD's own.
 """
 
@@ -20,16 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from xbench_blocks import OLD_BERT_BUFFERS, PhraseQueryModel
 
-from xbench_core import (
-    OLD_BERT_BUFFERS,
-    CheckpointError,
-    ConfigError,
-    FeatureLayer,
-    PhraseQueryModel,
-    load_checkpoint,
-    load_state_dict_strict,
-)
+from xbench_core import CheckpointError, ConfigError, FeatureLayer
+from xbench_core.checkpoints import load_checkpoint, load_state_dict_strict
 
 from .network import RESNET_ALIASES, ImageEncoder
 

@@ -2,7 +2,7 @@
 
 Followed: xiaoman-zhang/KAD (commit 591d999) `A3_CLIP/models/clip_tqn.py` (`ModelRes512`). The text
 encoder (`CLP_clinical`) and the query decoder (`TQN_Model`), which DeViDe shares, are
-`xbench_core.blocks.knowledge`'s. Written anew: nothing is imported from the official code, which needs an
+`xbench_blocks.knowledge`'s. Written anew: nothing is imported from the official code, which needs an
 internal S3 client and downloads ImageNet weights on construction.
 """
 

@@ -12,6 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from xbench_blocks import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    embed_texts,
+    squash_imagenet,
+    write_tiny_text_encoder,
+)
 from xbench_plugin_mavl import SPEC
 from xbench_plugin_mavl import model as model_module
 from xbench_plugin_mavl.entities import (
@@ -25,17 +32,7 @@ from xbench_plugin_mavl.entities import (
     read_descriptions,
 )
 
-from xbench_core import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    AssetError,
-    CheckpointError,
-    DataError,
-    UnsupportedFinding,
-    embed_texts,
-    squash_imagenet,
-    write_tiny_text_encoder,
-)
+from xbench_core import AssetError, CheckpointError, DataError, UnsupportedFinding
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,

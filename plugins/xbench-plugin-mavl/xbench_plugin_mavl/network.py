@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
-from xbench_core import PreNormDecoder
+from xbench_blocks import PreNormDecoder
 
 D_MODEL = 256
 LAYERS = 4

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from xbench_blocks import IMAGENET_MEAN, IMAGENET_STD, squash_imagenet, write_tiny_text_encoder
 from xbench_plugin_medklip import SPEC
 from xbench_plugin_medklip import model as model_module
 from xbench_plugin_medklip.entities import (
@@ -22,16 +23,7 @@ from xbench_plugin_medklip.entities import (
     read_descriptions,
 )
 
-from xbench_core import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    AssetError,
-    CheckpointError,
-    DataError,
-    UnsupportedFinding,
-    squash_imagenet,
-    write_tiny_text_encoder,
-)
+from xbench_core import AssetError, CheckpointError, DataError, UnsupportedFinding
 from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xbench_core import ConfigError, DataError, ImageReadError, Region
+from xbench_core import ConfigError, DataError, ImageReadError, Region, get_registry
 from xbench_core.inspect import inspect_dataset
-from xbench_core.plugins import get_registry
 from xbench_core.testing import DatasetPluginTests, realdata
 
 HEADER = "patientId,x,y,width,height,Target\n"

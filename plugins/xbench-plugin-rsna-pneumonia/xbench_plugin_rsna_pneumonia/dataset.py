@@ -17,20 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from xbench_core import (
-    ConfigError,
-    DataError,
+from xbench_core import ConfigError, DataError, ImageReadError, Region, Sample
+from xbench_core.io import (
     ImageIndex,
-    ImageReadError,
-    LabelTableDataset,
-    Region,
-    Sample,
     dicom_header,
     find_file,
     id_from_value,
     read_id_list,
     split_image_name,
 )
+from xbench_core.io.layout import LabelTableDataset
 
 from .labels import SIZE, Headers, parse_class_info, parse_headers, parse_labels
 

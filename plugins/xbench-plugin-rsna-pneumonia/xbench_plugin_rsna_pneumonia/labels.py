@@ -15,15 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xbench_core import (
-    DataError,
-    Problem,
-    clip_box,
-    group_label_rows,
-    label_name_problem,
-    open_text,
-    split_image_name,
-)
+from xbench_core import DataError, Problem
+from xbench_core.io import open_text, split_image_name
+from xbench_core.io.layout import clip_box, group_label_rows, label_name_problem
 
 SIZE = (1024, 1024)  # (H, W) of every RSNA DICOM; the boxes are in this frame
 _TARGETS = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xbench_core import ConfigError, DataError, ImageReadError, Region, decode_relative_rle
+from xbench_core import ConfigError, DataError, ImageReadError, Region, get_registry
 from xbench_core.inspect import inspect_dataset
-from xbench_core.plugins import get_registry
+from xbench_core.io import decode_relative_rle
 from xbench_core.testing import DatasetPluginTests, realdata
 
 H = W = 1024

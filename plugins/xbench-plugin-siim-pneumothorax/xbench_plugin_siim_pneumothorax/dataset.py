@@ -17,16 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from xbench_core import (
-    ConfigError,
-    DataError,
-    ImageIndex,
-    ImageReadError,
-    LabelTableDataset,
-    Region,
-    Sample,
-    select_listed,
-)
+from xbench_core import ConfigError, DataError, ImageReadError, Region, Sample
+from xbench_core.io import ImageIndex
+from xbench_core.io.layout import LabelTableDataset, select_listed
 
 from .labels import SIZE, parse_labels
 

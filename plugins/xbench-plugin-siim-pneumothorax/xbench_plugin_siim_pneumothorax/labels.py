@@ -14,14 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xbench_core import (
-    DataError,
-    Problem,
-    group_label_rows,
-    label_name_problem,
-    open_text,
-    split_image_name,
-)
+from xbench_core import DataError, Problem
+from xbench_core.io import open_text, split_image_name
+from xbench_core.io.layout import group_label_rows, label_name_problem
 
 from .rle import (
     absolute_to_relative,

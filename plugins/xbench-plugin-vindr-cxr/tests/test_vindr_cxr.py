@@ -15,9 +15,9 @@ import pytest
 from xbench_plugin_vindr_cxr.labels import ALL_FINDINGS, GLOBAL_LABELS, LOCAL_LABELS, finding_of
 from xbench_plugin_vindr_cxr.readers import vote_boxes
 
-from xbench_core import DataError, ImageReadError, Region
+from xbench_core import DataError, ImageReadError, Region, get_registry
 from xbench_core.inspect import inspect_dataset
-from xbench_core.testing import DatasetPluginTests, get_registry, realdata
+from xbench_core.testing import DatasetPluginTests, realdata
 
 ANN_HEADER = ["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
 KAGGLE_HEADER = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]

@@ -25,18 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from xbench_core import (
-    DataError,
-    Dataset,
-    ImageReadError,
-    Problem,
-    Region,
-    Sample,
-    dicom_header,
-    label_name_problem,
-    open_text,
-    select_listed,
-)
+from xbench_core import DataError, Dataset, ImageReadError, Problem, Region, Sample
+from xbench_core.io import dicom_header, open_text
+from xbench_core.io.layout import label_name_problem, select_listed
 
 from .labels import (
     ALL_FINDINGS,

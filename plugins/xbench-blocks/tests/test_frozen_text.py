@@ -14,16 +14,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from xbench_core import (  # noqa: E402
-    AssetError,
+from xbench_blocks import embed_texts, generated_vocabulary, write_bert_folder  # noqa: E402
+from xbench_blocks import frozen_text as frozen_module  # noqa: E402
+from xbench_blocks.frozen_text import (  # noqa: E402
     FrozenTextEncoder,
-    embed_texts,
-    generated_vocabulary,
     resolve_text_encoder,
     tokenize_without_sep,
-    write_bert_folder,
 )
-from xbench_core.blocks import frozen_text as frozen_module  # noqa: E402
+
+from xbench_core import AssetError  # noqa: E402
 
 ENV = "XBENCH_UNSET_ENV_FOR_FROZEN_TEXT_TEST"
 _WORDS = ["effusion", "opacity", "border", "pneumonia", "changed", "text", "lung", "base"]
@@ -49,7 +48,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_import_stays_light() -> None:
     code = (
-        "import sys, xbench_core; xbench_core.__all__; "
+        "import sys, xbench_core, xbench_blocks; xbench_core.__all__, xbench_blocks.__all__; "
         "assert not {'torch', 'numpy', 'transformers'} & set(sys.modules), sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

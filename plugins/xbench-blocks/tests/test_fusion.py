@@ -1,4 +1,4 @@
-"""The shared pieces of the fusion models (xbench_core.blocks.fusion): the decoder stack's keys and
+"""The shared pieces of the fusion models (xbench_blocks.fusion): the decoder stack's keys and
 per-layer attention, the official init, the entity table, and EntityQueryModel on a toy network."""
 
 from __future__ import annotations
@@ -8,19 +8,17 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
-
-from xbench_core import (  # noqa: E402
+from xbench_blocks.fusion import (  # noqa: E402
     COVID19_ENTITY,
-    FINDINGS,
     MEDKLIP_ENTITIES,
     MEDKLIP_FINDINGS,
-    AssetError,
     EntityQueryModel,
     PreNormDecoder,
-    UnsupportedFinding,
     init_normal_weights,
     write_tiny_text_encoder,
 )
+
+from xbench_core import FINDINGS, AssetError, UnsupportedFinding  # noqa: E402
 from xbench_core.testing import encode_queries, save_official_checkpoint  # noqa: E402
 
 

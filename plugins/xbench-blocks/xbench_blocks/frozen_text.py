@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..assets import resolve_asset, xbench_home
-from ..errors import AssetError
+from xbench_core import AssetError
+from xbench_core.assets import resolve_asset, xbench_home
 
 DEFAULT_TEXT_ENCODER = "emilyalsentzer/Bio_ClinicalBERT"
 MAX_LENGTH = 64  # the test scripts' get_tokenizer (pretraining used 128)

@@ -33,8 +33,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, DataError, UnsupportedFinding
-from ..types import ModelOutput, Option
+from xbench_core import ConfigError, DataError, ModelOutput, Option, UnsupportedFinding
 
 # Canonical finding id -> lower-case phrase put into the templates. CLIP-style models have no fixed
 # label set, so every finding that a phrase can state is supported. The three catch-all labels (no
@@ -199,7 +198,7 @@ class PromptPairMixin:
         import numpy as np
         import torch
 
-        from ..geometry import shortest_side_crop
+        from xbench_core.geometry import shortest_side_crop
 
         array = np.asarray(image, dtype=np.float32)
         if array.ndim != 2:

@@ -37,11 +37,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..assets import resolve_asset
-from ..checkpoints import load_checkpoint, load_state_dict_strict
-from ..errors import UnsupportedFinding
-from ..geometry import Geometry
-from ..model import FeatureLayer, Model, ModelOutput
+from xbench_core import FeatureLayer, Geometry, Model, ModelOutput, UnsupportedFinding
+from xbench_core.assets import resolve_asset
+from xbench_core.checkpoints import load_checkpoint, load_state_dict_strict
+
 from .decoder import PreNormDecoderLayer
 from .frozen_text import embed_texts, resolve_text_encoder
 from .preprocessing import squash_imagenet

@@ -38,11 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..assets import resolve_asset
-from ..errors import AssetError, ConfigError, UnsupportedFinding
-from ..geometry import Geometry
-from ..model import Model
-from ..types import ModelOutput
+from xbench_core import AssetError, ConfigError, Geometry, Model, ModelOutput, UnsupportedFinding
+from xbench_core.assets import resolve_asset
+
 from .fusion import PreNormDecoder
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 

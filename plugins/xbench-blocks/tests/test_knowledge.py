@@ -1,4 +1,4 @@
-"""The shared pieces of KAD and DeViDe (xbench_core.blocks.knowledge): KAD's official test transform, the
+"""The shared pieces of KAD and DeViDe (xbench_blocks.knowledge): KAD's official test transform, the
 phrase table, the text side, and the model base (queries, score, map, logits, seeded build) on a
 toy image encoder."""
 
@@ -11,18 +11,18 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from torch import nn  # noqa: E402
-
-from xbench_core import (  # noqa: E402
+from xbench_blocks.knowledge import (  # noqa: E402
+    D_MODEL,
     DISEASE_PHRASES,
-    FINDINGS,
-    AssetError,
     PhraseQueryModel,
-    UnsupportedFinding,
-    read_image,
+    resolve_text_config_folder,
     squash_bicubic_8bit,
 )
-from xbench_core.blocks.knowledge import D_MODEL, resolve_text_config_folder  # noqa: E402
-from xbench_core.testing import encode_queries, realdata, write_bert_folder  # noqa: E402
+from xbench_blocks.text import write_bert_folder  # noqa: E402
+
+from xbench_core import FINDINGS, AssetError, UnsupportedFinding  # noqa: E402
+from xbench_core.io import read_image  # noqa: E402
+from xbench_core.testing import encode_queries, realdata  # noqa: E402
 
 
 # ---- preprocessing --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Prompt pairs of CLIP-style models (xbench_core.blocks.prompts), on a toy model with known towers."""
+"""Prompt pairs of CLIP-style models (xbench_blocks.prompts), on a toy model with known towers."""
 
 from __future__ import annotations
 
@@ -13,19 +13,22 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from xbench_core import (  # noqa: E402
+from xbench_blocks.prompts import (  # noqa: E402
     PROMPT_OPTIONS,
     PROMPT_PHRASES,
+    PromptPairMixin,
+    quiet_open_clip,
+    strip_open_clip_schema,
+)
+
+from xbench_core import (  # noqa: E402
+    FINDINGS,
     ConfigError,
     DataError,
     Geometry,
     Model,
-    PromptPairMixin,
     UnsupportedFinding,
-    quiet_open_clip,
-    strip_open_clip_schema,
 )
-from xbench_core.findings import FINDINGS  # noqa: E402
 from xbench_core.testing import encode_queries  # noqa: E402
 
 
@@ -179,7 +182,7 @@ def test_open_clip_helpers(caplog):
 
 def test_import_is_light():
     code = (
-        "import sys, xbench_core.blocks.prompts, xbench_core; xbench_core.PROMPT_OPTIONS; "
+        "import sys, xbench_blocks.prompts, xbench_blocks; xbench_blocks.PROMPT_OPTIONS; "
         "print(sorted({'torch', 'numpy'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import Geometry, squash
+from xbench_core import Geometry
+from xbench_core.geometry import squash
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

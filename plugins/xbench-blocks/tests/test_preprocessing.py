@@ -7,14 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from xbench_core import (  # noqa: E402
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Geometry,
-    equalize_histogram,
-    equalize_histogram_uint8,
-    squash_imagenet,
-)
+from xbench_blocks import IMAGENET_MEAN, IMAGENET_STD, squash_imagenet  # noqa: E402
+from xbench_blocks.preprocessing import equalize_histogram, equalize_histogram_uint8  # noqa: E402
+
+from xbench_core import Geometry  # noqa: E402
 
 
 def test_histogram_equalization_matches_skimage() -> None:
