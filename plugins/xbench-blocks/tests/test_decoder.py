@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from xbench_blocks import PreNormDecoderLayer  # noqa: E402
+from xbench_blocks.decoder import PreNormDecoderLayer  # noqa: E402
 
 DETR_KEYS = [
     f"{module}.{name}"

@@ -7,8 +7,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from xbench_blocks import IMAGENET_MEAN, IMAGENET_STD, squash_imagenet  # noqa: E402
-from xbench_blocks.preprocessing import equalize_histogram, equalize_histogram_uint8  # noqa: E402
+from xbench_blocks.preprocessing import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    equalize_histogram,
+    equalize_histogram_uint8,
+    squash_imagenet,
+)
 
 from xbench_core import Geometry  # noqa: E402
 

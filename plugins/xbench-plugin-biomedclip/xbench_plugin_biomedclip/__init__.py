@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xbench_blocks import PROMPT_OPTIONS
+from xbench_blocks.prompts import PROMPT_OPTIONS
 
 from xbench_core import ModelSpec, Option, hookimpl
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xbench_blocks import quiet_open_clip, strip_open_clip_schema
+from xbench_blocks.prompts import quiet_open_clip, strip_open_clip_schema
 
 from xbench_core import AssetError, CheckpointError
 from xbench_core.assets import resolve_asset
@@ -211,7 +211,7 @@ def _read_vocab(path: Path) -> list[str]:
 
 def write_text_folder(target: Path, text: TextSource) -> Path:
     """A local BERT folder (config.json, vocab.txt, tokenizer config) for open_clip's HF tower."""
-    from xbench_blocks import generated_vocabulary, write_bert_folder
+    from xbench_blocks.text import generated_vocabulary, write_bert_folder
 
     if text.folder is not None:
         return text.folder

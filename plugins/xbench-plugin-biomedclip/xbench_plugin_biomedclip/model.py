@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from xbench_blocks import PromptPairMixin
+from xbench_blocks.prompts import PromptPairMixin
 
 from xbench_core import ConfigError, FeatureLayer, Model
 

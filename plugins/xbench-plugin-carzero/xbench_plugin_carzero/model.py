@@ -107,7 +107,7 @@ class CARZero(Model):
         is written to `scratch`, so that nothing needs to be downloaded.
         """
         if self.random_weights and text_encoder is None:
-            from xbench_blocks import write_bert_folder
+            from xbench_blocks.text import write_bert_folder
 
             return write_bert_folder(scratch / "bert", **BERT_SHAPE)
         found = {}

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from torch import nn
-from xbench_blocks import PreNormDecoderLayer
+from xbench_blocks.decoder import PreNormDecoderLayer
 
 from .text import TextEncoder
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xbench_blocks import quiet_open_clip, strip_open_clip_schema
+from xbench_blocks.prompts import quiet_open_clip, strip_open_clip_schema
 
 from xbench_core import AssetError, CheckpointError, ConfigError
 from xbench_core.assets import resolve_asset

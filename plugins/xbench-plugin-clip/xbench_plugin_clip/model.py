@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from xbench_blocks import PromptPairMixin
+from xbench_blocks.prompts import PromptPairMixin
 
 from xbench_core import AssetError, ConfigError, DataError, FeatureLayer, Model
 

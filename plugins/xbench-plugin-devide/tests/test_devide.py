@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from xbench_blocks import write_bert_folder
+from xbench_blocks.text import write_bert_folder
 from xbench_plugin_devide import SPEC
 from xbench_plugin_devide import model as devide_model
 from xbench_plugin_devide.model import CHECKPOINT_KEYS, to_checkpoint_layout, tokens_to_grid

@@ -8,7 +8,7 @@ tokenized to 256 tokens, score = softmax([neg, pos])[pos], map = decoder cross-a
 finding's query on the 14 x 14 patch grid. None of it has been checked against released weights.
 
 The parts DeViDe shares with KAD (queries, text side, query decoder, preprocessing, score, map,
-logits) are `xbench_blocks.PhraseQueryModel` (xbench_blocks/knowledge.py); the ViT image encoder, the
+logits) are `xbench_blocks.knowledge.PhraseQueryModel` (xbench_blocks/knowledge.py); the ViT image encoder, the
 checkpoint key table, the projection head's output and the feature layer are DeViDe's own.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from xbench_blocks import OLD_BERT_BUFFERS, PhraseQueryModel
+from xbench_blocks.knowledge import OLD_BERT_BUFFERS, PhraseQueryModel
 
 from xbench_core import ConfigError, FeatureLayer
 from xbench_core.checkpoints import load_checkpoint, load_state_dict_strict

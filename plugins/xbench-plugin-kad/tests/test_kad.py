@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from xbench_blocks import write_bert_folder
+from xbench_blocks.text import write_bert_folder
 from xbench_plugin_kad import SPEC
 from xbench_plugin_kad.model import OLD_BERT_BUFFERS, SUBDICTS, reconcile_resnet_aliases
 from xbench_plugin_kad.network import ImageEncoder, ResNet50

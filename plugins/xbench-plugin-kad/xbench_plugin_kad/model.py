@@ -11,7 +11,7 @@ Followed (xiaoman-zhang/KAD, commit 591d999):
   (head-averaged) of the finding's query, reshaped to the 16 x 16 token grid.
 
 The parts KAD shares with DeViDe (queries, text side, query decoder, preprocessing, score, map,
-logits) are `xbench_blocks.PhraseQueryModel` (xbench_blocks/knowledge.py); the ResNet image encoder,
+logits) are `xbench_blocks.knowledge.PhraseQueryModel` (xbench_blocks/knowledge.py); the ResNet image encoder,
 the checkpoint reader and the feature layer are KAD's own.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from xbench_blocks import OLD_BERT_BUFFERS, PhraseQueryModel
+from xbench_blocks.knowledge import OLD_BERT_BUFFERS, PhraseQueryModel
 
 from xbench_core import CheckpointError, ConfigError, FeatureLayer
 from xbench_core.checkpoints import load_checkpoint, load_state_dict_strict

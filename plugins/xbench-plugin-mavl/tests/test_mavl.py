@@ -12,13 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from xbench_blocks import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    embed_texts,
-    squash_imagenet,
-    write_tiny_text_encoder,
-)
+from xbench_blocks.frozen_text import embed_texts
+from xbench_blocks.fusion import write_tiny_text_encoder
+from xbench_blocks.preprocessing import IMAGENET_MEAN, IMAGENET_STD, squash_imagenet
 from xbench_plugin_mavl import SPEC
 from xbench_plugin_mavl import model as model_module
 from xbench_plugin_mavl.entities import (

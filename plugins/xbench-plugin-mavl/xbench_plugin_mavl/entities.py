@@ -2,7 +2,7 @@
 placeholders.
 
 The entities are `original_class` of the official Zero-shot_grounding/test.py, MedKLIP's list
-(`xbench_blocks.MEDKLIP_ENTITIES`; the table from XBench findings to them: `MEDKLIP_FINDINGS`),
+(`xbench_blocks.fusion.MEDKLIP_ENTITIES`; the table from XBench findings to them: `MEDKLIP_FINDINGS`),
 plus covid19 when both files have it, as the official COVID configs append it. Each entity has 9
 concepts: its description (MAVL's 'observation explanation.json', read by name:
 `[json_book[i] for i in original_class]`) and 8 GPT-4 visual aspects
@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from xbench_blocks import COVID19_ENTITY
-from xbench_blocks import MEDKLIP_ENTITIES as ENTITIES
+from xbench_blocks.fusion import COVID19_ENTITY
+from xbench_blocks.fusion import MEDKLIP_ENTITIES as ENTITIES
 
 from xbench_core import DataError
 

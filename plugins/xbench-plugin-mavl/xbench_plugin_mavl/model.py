@@ -1,5 +1,5 @@
 """MAVL wrapped for XBench: its files (checkpoint, descriptions, aspects), its query book and its
-map rule; building, queries, scores and the forward pass are `xbench_blocks.EntityQueryModel`'s.
+map rule; building, queries, scores and the forward pass are `xbench_blocks.fusion.EntityQueryModel`'s.
 
 Score (official 'feature' mode, Zero-shot_classification/test.py): softmax over the two logits of
 the finding's entity, index 1 (present); the entity's logits come from the classifier on its 9
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from xbench_blocks import EntityQueryModel
+from xbench_blocks.fusion import EntityQueryModel
 
 from xbench_core import ConfigError
 from xbench_core.assets import resolve_asset

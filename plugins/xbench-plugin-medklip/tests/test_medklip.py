@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from xbench_blocks import IMAGENET_MEAN, IMAGENET_STD, squash_imagenet, write_tiny_text_encoder
+from xbench_blocks.fusion import write_tiny_text_encoder
+from xbench_blocks.preprocessing import IMAGENET_MEAN, IMAGENET_STD, squash_imagenet
 from xbench_plugin_medklip import SPEC
 from xbench_plugin_medklip import model as model_module
 from xbench_plugin_medklip.entities import (

@@ -1,7 +1,7 @@
 """MedKLIP's entity descriptions: the official file, its parser and placeholders.
 
 The 75 entities, their order and the table from XBench findings to them are in the core
-(`xbench_blocks.MEDKLIP_ENTITIES`, `MEDKLIP_FINDINGS`; MAVL uses the same). The official code
+(`xbench_blocks.fusion.MEDKLIP_ENTITIES`, `MEDKLIP_FINDINGS`; MAVL uses the same). The official code
 reads the descriptions as `[json_book[i] for i in json_book]`: the JSON key order is the query
 order, and the key for pneumonia is misspelt "eumonia" in the released file (harmless, order is
 what counts).
@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from xbench_blocks import COVID19_ENTITY
-from xbench_blocks import MEDKLIP_ENTITIES as ENTITIES
+from xbench_blocks.fusion import COVID19_ENTITY
+from xbench_blocks.fusion import MEDKLIP_ENTITIES as ENTITIES
 
 from xbench_core import DataError
 

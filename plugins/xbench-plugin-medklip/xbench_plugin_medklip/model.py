@@ -1,5 +1,5 @@
 """MedKLIP wrapped for XBench: its files (checkpoint, descriptions) and its map rule; building,
-queries, scores and the forward pass are `xbench_blocks.EntityQueryModel`'s, shared with MAVL.
+queries, scores and the forward pass are `xbench_blocks.fusion.EntityQueryModel`'s, shared with MAVL.
 
 Score (official zero-shot classification, e.g. Sample_zero-shot_Classification_CXR14/test.py):
 softmax over the two logits of the finding's entity query, index 1 (present). Native map (official
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xbench_blocks import EntityQueryModel
+from xbench_blocks.fusion import EntityQueryModel
 
 from xbench_core.assets import resolve_asset
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from xbench_blocks import PreNormDecoder
+from xbench_blocks.fusion import PreNormDecoder
 
 D_MODEL = 256
 LAYERS = 4
