@@ -62,7 +62,7 @@ def test_phantom_run_results(tmp_path: Path) -> None:
     center = [r for r in rows if r["model"] == "center" and r["finding"] != "__mean__" and r["auroc"] is not None]
     assert center and all(r["auroc"] == 0.5 for r in center)
     manifest = json.loads((store.directory / "manifest.json").read_text())
-    assert manifest["versions"]["torch"] and "xbench" in manifest["versions"]["plugins"]
+    assert manifest["versions"]["torch"] and "xbench-cxr" in manifest["versions"]["plugins"]
     assert manifest["finished"] and manifest["config"]["datasets"][0]["size"] == 14
     assert list((store.directory / "maps").rglob("*.safetensors"))
     # results.json can be rebuilt from the records alone

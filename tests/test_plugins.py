@@ -97,9 +97,9 @@ def test_builtins_are_registered(monkeypatch):
     assert not reg.failures
     for kind, name in [("datasets", "phantom"), ("models", "random"), ("explainers", "native"),
                        ("metrics", "dice")]:
-        assert reg.owner(kind, name).name == "xbench"
+        assert reg.owner(kind, name).name == "xbench-cxr"
     (core,) = reg.distributions
-    assert core.name == "xbench" and core.plugin == "builtin"
+    assert core.name == "xbench-cxr" and core.plugin == "builtin"
     assert set(core.components["metrics"]) == BUILTIN_METRICS
     assert reg.metrics["auroc"].kind == "classification" and reg.metrics["dice"].kind == "grounding"
     assert reg.metrics["dice"].fields == ("dice_fixed", "dice_best", "best_threshold")
@@ -241,7 +241,7 @@ def test_same_name_as_a_builtin_names_both_distributions(fake, monkeypatch):
     with pytest.raises(PluginError) as info:
         get_registry(strict=True, refresh=True)
     msg = str(info.value)
-    assert "'phantom'" in msg and "xbench " in msg and "xbench-test-clash 2.0" in msg
+    assert "'phantom'" in msg and "xbench-cxr 0.1.0" in msg and "xbench-test-clash 2.0" in msg
     assert "XBENCH_DISABLE_PLUGINS=xbench-test-clash" in msg
 
 
@@ -281,7 +281,7 @@ def test_same_name_in_different_kinds_is_fine(fake, monkeypatch):
     monkeypatch.setenv("XBENCH_PLUGINS", "xbench-test-kinds")
     reg = get_registry(refresh=True)
     assert reg.owner("models", "phantom").name == "xbench-test-kinds"
-    assert reg.owner("datasets", "phantom").name == "xbench"
+    assert reg.owner("datasets", "phantom").name == "xbench-cxr"
 
 
 def test_allow_list_and_deny_list(fake, monkeypatch):
@@ -412,16 +412,16 @@ def test_temporary_plugin_clash_with_builtin(monkeypatch):
                                    xbench_register_datasets=xbench_register_datasets)
     # issue 16 item 10: the clash is isolated like a failed import; every command still works
     with temporary_plugin(plugin, "tmp-clash") as reg:
-        assert reg.owner("models", "random").name == "xbench" and "clash-data" not in reg.datasets
+        assert reg.owner("models", "random").name == "xbench-cxr" and "clash-data" not in reg.datasets
         (failure,) = reg.failures
-        assert re.search(r"'random'.*xbench .*tmp-clash", failure.error), failure.error
+        assert re.search(r"'random'.*xbench-cxr .*tmp-clash", failure.error), failure.error
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             assert main(["plugins"]) == 0
         assert "FAILED tmp-clash" in out.getvalue() and "two models are named 'random'" in out.getvalue()
-        with pytest.raises(PluginError, match=r"'random'.*xbench .*tmp-clash"):
+        with pytest.raises(PluginError, match=r"'random'.*xbench-cxr .*tmp-clash"):
             get_registry(strict=True)
-    assert get_registry(refresh=True).owner("models", "random").name == "xbench"
+    assert get_registry(refresh=True).owner("models", "random").name == "xbench-cxr"
 
 
 # ---- libraries that plugins depend on ------------------------------------------------------------

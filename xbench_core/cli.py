@@ -289,7 +289,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
             refuse_random_weights(results)
     if importlib.util.find_spec("matplotlib") is None:
-        print("no report (tables, figures, report.html): it needs matplotlib, pip install 'xbench[report]'", file=sys.stderr)
+        print("no report (tables, figures, report.html): it needs matplotlib, pip install 'xbench-cxr[report]'", file=sys.stderr)
         return 0
     from .report import write_report
 

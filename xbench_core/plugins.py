@@ -31,7 +31,7 @@ KINDS = {
     "explainers": ("xbench_register_explainers", ExplainerSpec),
     "metrics": ("xbench_register_metrics", MetricSpec),
 }
-CORE_DISTRIBUTION = "xbench"  # the core's distribution name on the package index
+CORE_DISTRIBUTION = "xbench-cxr"  # the core's distribution name on the package index
 BUILTIN = CORE_DISTRIBUTION
 ENTRY_POINT_GROUP = "xbench"
 

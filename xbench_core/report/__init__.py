@@ -26,7 +26,7 @@ __all__ = ["ReportUnavailable", "write_report"]
 
 
 class ReportUnavailable(XBenchError):
-    """The report needs matplotlib: pip install 'xbench[report]'."""
+    """The report needs matplotlib: pip install 'xbench-cxr[report]'."""
 
 
 def write_report(
@@ -41,7 +41,7 @@ def write_report(
     try:  # figures are drawn on matplotlib.figure.Figure (Agg), never through pyplot
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise ReportUnavailable("the report needs matplotlib: pip install 'xbench[report]'") from exc
+        raise ReportUnavailable("the report needs matplotlib: pip install 'xbench-cxr[report]'") from exc
     from ..store import RunStore
     from .figures import all_figures
     from .gallery import gallery as make_gallery
