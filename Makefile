@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.xbench-installed
 # every distribution under plugins/: the plugins and the libraries they share (xbench-blocks)
 PLUGINS := $(sort $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml)))
 
-.PHONY: demo test install lint typecheck bench clean
+.PHONY: demo test install lint typecheck bench packages clean
 
 demo: $(STAMP)  ## install everything, run the built-in default, print the results
 	$(VENV)/bin/xbench run
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(PY) -m pip install -q mypy && $(PY) -m mypy xbench_core
+
+packages:  ## CI: build every wheel and sdist, twine check, non-editable install in fresh venvs, the core alone
+	.ci/packages
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
