@@ -173,7 +173,8 @@ def test_classification_resamples_equal_the_builtin_metrics_on_repeated_data(dig
     labels = (rng.random(30) < 0.4).astype(np.int64)
     scores = rng.random(30) if digits is None else np.round(rng.random(30), digits)
     idx = bs.resample_indices(30, rng, 100)
-    got = bs.classification_resamples(labels, scores, bs.counts(idx, 30))
+    classification = [(METRICS[n], "classification") for n in ("auroc", "auprc", "f1", "accuracy")]
+    got = bs.resamples(FindingData(labels=labels, scores=scores), classification, bs.counts(idx, 30))
     for b, i in enumerate(idx):
         want = _metric_values(FindingData(labels=labels[i], scores=scores[i]))
         for n in CLASSIFICATION:
@@ -434,10 +435,13 @@ def test_resamples_computed_in_blocks_equal_the_whole_matrix(monkeypatch: pytest
     w_cls = bs.resample_counts(len(labels), bs.generator(0, "c"), 300)
     folds = bs.assign_folds(d.n_regions, 5, bs.generator(0, "f"))
 
+    d.scores = scores
+    grounding = [(METRICS[n], "grounding") for n in ("pointing_game", "ebpg", "dice", "iou")]
+    classification = [(METRICS[n], "classification") for n in ("auroc", "auprc", "f1", "accuracy")]
+
     def compute() -> dict[str, np.ndarray]:
-        out = bs.grounding_resamples(d.dice_curve(), d.iou_curve(), d.pointing_game, d.ebpg, w_grd,
-                                     fixed_index=50, folds=folds, val_index=30)
-        return {**out, **bs.classification_resamples(labels, scores, w_cls)}
+        out = bs.resamples(d, grounding, w_grd, extra=lambda d, w: bs.threshold_modes(d, w, folds=folds, val_index=30))
+        return {**out, **bs.resamples(d, classification, w_cls)}
 
     whole = compute()
     monkeypatch.setattr(bs, "BLOCK_ELEMENTS", 5000)  # blocks of 16 and 41 resamples
@@ -446,3 +450,42 @@ def test_resamples_computed_in_blocks_equal_the_whole_matrix(monkeypatch: pytest
     assert whole.keys() == blocked.keys()
     for k in whole:
         np.testing.assert_allclose(blocked[k], whole[k], rtol=1e-13, atol=0, equal_nan=True, err_msg=k)
+
+
+# ---- plugin metrics without a resample hook -------------------------------------------------------
+def _median_ebpg(d: FindingData) -> dict:
+    """A plugin grounding metric with no resample hook."""
+    return {"median_ebpg": float(np.median(d.ebpg)) if d.n_regions else Undefined("no region")}
+
+
+def _brier(d: FindingData) -> dict:
+    """A plugin classification metric with no resample hook (lower is better)."""
+    if not len(d.labels):
+        return {"brier": Undefined("no label")}
+    return {"brier": float(np.mean((d.scores - d.labels) ** 2))}
+
+
+def test_plugin_metrics_without_a_hook_get_intervals_by_plain_resampling() -> None:
+    options = AnalysisOptions(seed=3, resamples=RESAMPLES)
+    metrics = {**METRICS, "median_ebpg": _median_ebpg, "brier": _brier}
+    kinds = {"median_ebpg": "grounding", "brier": "classification"}
+    results = aggregate(_records(), metrics, kinds=kinds, options=options)
+    row = next(r for r in results["rows"] if r["finding"] == "a")
+    plain = aggregate(_records(), METRICS, options=options)
+    same = next(r for r in plain["rows"] if r["finding"] == "a")
+    assert row["auroc_ci"] == same["auroc_ci"] and row["dice_best_ci"] == same["dice_best_ci"]
+    records = [r for r in _records() if r["finding"] == "a"]
+    labels = np.array([r["label"] for r in records])
+    scores = np.array([r["score"] for r in records])
+    ebpg = np.array([r["stats"]["ebpg"] for r in records if r["stats"]])
+    # the documented draws: the finding's regions, then its labelled images
+    idx = bs.resample_indices(len(ebpg), bs.generator(3, "ds", "None", "a", "grounding"), RESAMPLES)
+    assert row["median_ebpg_ci"] == pytest.approx(_percentile([float(np.median(ebpg[i])) for i in idx])[0], abs=1e-12)
+    idx = bs.resample_indices(len(labels), bs.generator(3, "ds", "None", "a", "classification"), RESAMPLES)
+    want = _percentile([float(np.mean((scores[i] - labels[i]) ** 2)) for i in idx])[0]
+    assert row["brier_ci"] == pytest.approx(want, abs=1e-12)
+    assert row["ci_valid"]["brier"] == RESAMPLES
+    # strata and mean rows too
+    assert all("median_ebpg_ci" in s for s in row["strata"] if s["n_regions"])
+    mean = next(r for r in results["rows"] if r["finding"] == MEAN)
+    assert mean["brier_ci"] is not None and mean["median_ebpg_ci"] is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -164,8 +165,13 @@ def test_classification_against_sklearn_and_brute_force(seed):
     else:
         scores = np.clip(labels * rng.uniform(0, 0.5) + rng.random(n) * 0.7, 0, 1)
     d = FindingData(labels=labels, scores=scores)
-    assert builtin.auroc(d)["auroc"] == pytest.approx(roc_auc_score(labels, scores))
-    assert builtin.auprc(d)["auprc"] == pytest.approx(average_precision_score(labels, scores))
+    assert builtin.auroc(d)["auroc"] == pytest.approx(roc_auc_score(labels, scores), rel=1e-14)
+    # exact: U / (n+ n-) with ties one half, rounded once (scikit-learn's trapezoid may be 1 ulp off)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    u = sum(Fraction(int(p > q) * 2 + int(p == q), 2) for p in pos for q in neg)
+    assert builtin.auroc(d)["auroc"] == float(u / (len(pos) * len(neg)))
+    # average precision in scikit-learn's arithmetic: equal bit for bit
+    assert builtin.auprc(d)["auprc"] == average_precision_score(labels, scores)
     out = builtin.f1(d)
     assert out["f1"] == pytest.approx(f1_at(labels, scores, 0.5))
     best, args = brute_force_f1(labels, scores)
@@ -354,3 +360,61 @@ def test_results_never_contain_nan_even_with_degenerate_maps():
     for row in results["rows"]:
         for v in row.values():
             assert not (isinstance(v, float) and math.isnan(v))
+
+
+def test_best_threshold_ties_within_rounding_go_to_the_lowest_tau():
+    """Two taus whose mean Dice differ only by summation rounding (< 1e-12) tie: the first (lowest)
+    wins, in the point estimate, the bootstrap and the validation threshold alike (one rule)."""
+    hits_all = np.full((2, 101), 100)
+    hits_region = np.zeros((2, 101), np.int64)
+    hits_region[:, 10] = 30
+    hits_region[:, 20] = 30
+    d = FindingData(hits_all=hits_all, hits_region=hits_region, region_px=np.array([50, 50]), total_px=np.array([100, 100]),
+                    pointing_game=np.zeros(2), ebpg=np.zeros(2))
+    curve = d.dice_curve().copy()
+    curve[:, 20] += 4e-16  # as a different summation order could leave it
+    d.dice_curve = lambda: curve  # type: ignore[method-assign]
+    assert int(np.argmax(curve.mean(axis=0))) == 20  # an exact argmax would take the later tau
+    assert builtin.best_threshold_index(d) == 10
+    assert builtin.dice(d)["best_threshold"] == 0.1
+    assert builtin.dice.resample(d, np.ones((1, 2)))["dice_best"][0] == curve[:, 10].mean()
+
+
+@pytest.mark.parametrize("name", list(METRICS))
+def test_resample_hook_equals_the_metric_on_each_resample(name):
+    """Every built-in metric's resample hook (weights) equals calling it on the resampled data."""
+    from xbench_core.metrics import bootstrap as bs
+
+    d = FindingData.synthetic(seed=5, n=40, m=12)
+    d.scores = np.round(d.scores, 1)  # ties between positives and negatives
+    metric = METRICS[name]
+    kind = "grounding" if name in ("pointing_game", "ebpg", "dice", "iou") else "classification"
+    n = d.n_regions if kind == "grounding" else len(d.labels)
+    weights = bs.counts(bs.resample_indices(n, bs.generator(0, name), 60), n)
+    hooked = metric.resample(d, weights)
+    plain = bs.plain_resamples(metric, kind, d, weights)
+    assert set(hooked) <= set(plain)
+    for field, values in hooked.items():
+        np.testing.assert_allclose(values, plain[field], rtol=0, atol=1e-12, equal_nan=True, err_msg=field)
+
+
+# ---- the metric conformance suite on built-in metrics ----------------------------------------------
+from xbench_core.testing import MetricPluginTests, get_registry  # noqa: E402
+
+
+class TestDiceConforms(MetricPluginTests):
+    name = "dice"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def metric(cls):
+        return get_registry().metrics[cls.name].build()
+
+
+class TestAurocConforms(MetricPluginTests):
+    name = "auroc"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def metric(cls):
+        return get_registry().metrics[cls.name].build()

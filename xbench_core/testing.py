@@ -300,6 +300,21 @@ class MetricPluginTests:
         values = metric(data)
         assert set(values) == set(spec.fields)
 
+    def test_resampled_as_the_bootstrap_does(self, metric: Any) -> None:
+        """The intervals' values: a `resample` hook must equal calling the metric on each resample."""
+        from .metrics import bootstrap as bs
+        from .metrics.aggregate import FindingData
+
+        spec = get_registry().metrics[self.name]
+        data = FindingData.synthetic(seed=1)
+        n = data.n_regions if spec.kind == "grounding" else len(data.labels)
+        weights = bs.counts(bs.resample_indices(n, bs.generator(0, self.name), 20), n)
+        plain = bs.plain_resamples(metric, spec.kind, data, weights)
+        got = bs.metric_resamples(metric, spec.kind, data, weights)
+        assert set(got) <= set(spec.fields) and set(got) <= set(plain)
+        for field, values in got.items():
+            np.testing.assert_allclose(values, plain[field], rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=field)
+
 
 def iter_findings() -> Iterator[str]:
     yield from BY_ID

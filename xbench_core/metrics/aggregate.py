@@ -132,11 +132,12 @@ def finding_row(key: FindingKey, data: FindingData, metrics: Mapping[str, Metric
         "n_regions": data.n_regions,
     }
     undefined: dict[str, str] = {}
-    for metric in metrics.values():
-        for name, value in metric(data).items():
-            if isinstance(value, Undefined):
-                undefined[name] = value.reason
-            row[name] = as_json_value(value)
+    with data.sharing():  # the metrics share their sums (the mean Dice curve, the sorted scores)
+        for metric in metrics.values():
+            for name, value in metric(data).items():
+                if isinstance(value, Undefined):
+                    undefined[name] = value.reason
+                row[name] = as_json_value(value)
     row["undefined"] = undefined
     return row
 
@@ -222,7 +223,7 @@ def _aggregate(
     split_of: Callable[[Mapping[str, Any]], Any] | None,
 ) -> dict[str, Any]:
     kinds = {**BUILTIN_KINDS, **(kinds or {})}
-    grounding_metrics = {n: m for n, m in metrics.items() if kinds.get(n) == "grounding"}
+    by_name = {n: (m, kinds[n]) for n, m in metrics.items() if kinds.get(n) in ("grounding", "classification")}
     from .faithfulness import Collector
 
     faithfulness = Collector(split_of)
@@ -240,7 +241,7 @@ def _aggregate(
             if val is not None and val.n_regions:
                 val_index = best_threshold_index(val)
         row = finding_row(key, d, metrics)
-        analysed[key] = analyse_finding(key, d, row, grounding_metrics, options, val_index, resampler)
+        analysed[key] = analyse_finding(key, d, row, by_name, options, val_index, resampler)
     by_group: dict[GroupKey, list[FindingAnalysis]] = defaultdict(list)
     for key in data:  # sorted by group, then finding
         by_group[key[:4]].append(analysed[key])
@@ -256,7 +257,8 @@ def _aggregate(
             analyse_mean(mean, group, sorted(extra[g]["images"]), per_image_hamming(extra[g]["pairs"]), options, resampler)
             rows.append(mean)
         errors.extend({"dataset": g[0], "model": g[2], "explainer": g[3], **e} for e in extra[g]["errors"])
-    faithfulness.add_fields(rows, grounding_metrics, options.seed, options.resamples, options.confidence)
+    grounding = {n: m for n, (m, kind) in by_name.items() if kind == "grounding"}
+    faithfulness.add_fields(rows, grounding, options.seed, options.resamples, options.confidence)
     return {
         "rows": rows,
         "errors": errors,

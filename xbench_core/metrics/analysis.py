@@ -226,11 +226,7 @@ def _grounding_additions(block: _Block, has_dice: bool, has_iou: bool, options: 
                 undefined[n] = NO_REGIONS
             out["val_threshold"] = block.val_index / 100
         return out, undefined
-    ones = np.ones((1, d.n_regions))
-    point = bs.grounding_resamples(
-        d.dice_curve(), d.iou_curve(), d.pointing_game, d.ebpg, ones,
-        fixed_index=d.fixed_index, folds=block.folds, val_index=block.val_index,
-    )
+    point = bs.threshold_modes(d, np.ones((1, d.n_regions)), folds=block.folds, val_index=block.val_index)
     if block.folds is None:
         for n in names:
             out[n] = None
@@ -252,6 +248,8 @@ def _grounding_additions(block: _Block, has_dice: bool, has_iou: bool, options: 
 def _intervals(
     resampled: Mapping[str, np.ndarray], fields: Mapping[str, Any], names: Sequence[str], confidence: float
 ) -> tuple[dict[str, Any], dict[str, int], dict[str, str]]:
+    """Intervals of `names` (in this order), then of any other resampled field (plugin metrics)."""
+    names = list(dict.fromkeys([*names, *resampled]))
     cis: dict[str, Any] = {}
     valid: dict[str, int] = {}
     undefined: dict[str, str] = {}
@@ -269,12 +267,23 @@ def _intervals(
     return cis, valid, undefined
 
 
-def _block_resamples(block: _Block, weights: np.ndarray) -> dict[str, np.ndarray]:
-    d = block.data
-    return bs.grounding_resamples(
-        d.dice_curve(), d.iou_curve(), d.pointing_game, d.ebpg, weights,
-        fixed_index=d.fixed_index, folds=block.folds, val_index=block.val_index,
-    )
+Metrics = Sequence[tuple[Any, str]]  # (metric, kind) pairs
+
+
+def _block_resamples(block: _Block, weights: np.ndarray, grounding: Metrics) -> dict[str, np.ndarray]:
+    """The grounding metrics, threshold modes and calibration gap of every resample of a block."""
+
+    def modes(d: FindingData, w: np.ndarray) -> dict[str, np.ndarray]:
+        return bs.threshold_modes(d, w, folds=block.folds, val_index=block.val_index)
+
+    values = bs.resamples(block.data, grounding, weights, extra=modes)
+    if "dice_best" in values and "dice_fixed" in values:
+        values["calibration_gap"] = values["dice_best"] - values["dice_fixed"]
+    return values
+
+
+def _by_kind(metrics: Mapping[str, tuple[Any, str]], kind: str) -> list[tuple[Any, str]]:
+    return [(m, k) for m, k in metrics.values() if k == kind]
 
 
 @dataclass
@@ -286,25 +295,29 @@ class FindingAnalysis:
     row: dict[str, Any]
     block: _Block | None
     strata: list[_Block]
+    grounding: Metrics = ()
+    classification: Metrics = ()
 
 
 def analyse_finding(
     key: FindingKey,
     d: FindingData,
     row: dict[str, Any],
-    grounding_metrics: Mapping[str, Callable[[FindingData], Mapping[str, Any]]],
+    metrics: Mapping[str, tuple[Callable[[FindingData], Mapping[str, Any]], str]],
     options: AnalysisOptions,
     val_index: int | None,
     resampler: Resampler | None = None,
 ) -> FindingAnalysis:
-    """Add the analysis fields to a finding row (in place) and return what its mean row needs."""
+    """Add the analysis fields to a finding row (in place) and return what its mean row needs.
+    `metrics`: name -> (metric, kind) of the metrics the row was computed with."""
     resampler = resampler or Resampler(options)
+    grounding, classification = _by_kind(metrics, "grounding"), _by_kind(metrics, "classification")
     dataset, split, _, _, finding = key
     undefined = row.pop("undefined", {})
     row["split"] = split
     has_dice = "dice_fixed" in row
     has_iou = "iou_fixed" in row
-    grounded = any(k in row for k in GROUNDING_CI)
+    grounded = bool(grounding) or any(k in row for k in GROUNDING_CI)
     block = None
     strata: list[_Block] = []
     if grounded:
@@ -319,10 +332,11 @@ def analyse_finding(
     resampled: dict[str, np.ndarray] = {}
     if options.resamples > 0:
         if block is not None and d.n_regions:
-            resampled.update(_block_resamples(block, resampler.counts((*block.parts, "grounding"), d.n_regions)))
-        if len(d.labels):
+            w = resampler.counts((*block.parts, "grounding"), d.n_regions)
+            resampled.update(_block_resamples(block, w, grounding))
+        if len(d.labels) and classification:
             w = resampler.counts((dataset, str(split), finding, "classification"), len(d.labels))
-            resampled.update(bs.classification_resamples(d.labels, d.scores, w))
+            resampled.update(bs.resamples(d, classification, w))
     cis, valid, und = _intervals(resampled, row, GROUNDING_CI + CLASSIFICATION_CI, options.confidence)
     row.update(cis)
     row["ci_valid"] = valid
@@ -335,10 +349,10 @@ def analyse_finding(
             sparts = (dataset, str(split), finding, name)
             sblock = _Block(sub, sparts, _folds(sub, options, sparts), val_index)
             strata.append(sblock)
-        row["strata"] = [_stratum_fields(s, name, lo, hi, grounding_metrics, has_dice, has_iou, options, resampler)
+        row["strata"] = [_stratum_fields(s, name, lo, hi, grounding, has_dice, has_iou, options, resampler)
                          for s, (name, lo, hi) in zip(strata, options.bins())]
     row["undefined"] = undefined
-    return FindingAnalysis(key, d, row, block, strata)
+    return FindingAnalysis(key, d, row, block, strata, grounding, classification)
 
 
 def _stratum_fields(
@@ -346,7 +360,7 @@ def _stratum_fields(
     name: str,
     lo: float,
     hi: float,
-    grounding_metrics: Mapping[str, Callable[[FindingData], Mapping[str, Any]]],
+    grounding: Metrics,
     has_dice: bool,
     has_iou: bool,
     options: AnalysisOptions,
@@ -355,7 +369,7 @@ def _stratum_fields(
     d = block.data
     out: dict[str, Any] = {"stratum": name, "range": [lo, hi], "n_regions": d.n_regions}
     undefined: dict[str, str] = {}
-    for metric in grounding_metrics.values():
+    for metric, _ in grounding:
         for k, v in metric(d).items():
             if isinstance(v, Undefined):
                 undefined[k] = v.reason
@@ -369,7 +383,7 @@ def _stratum_fields(
     block.fields = dict(out)
     if options.resamples > 0 and d.n_regions:
         w = resampler.counts((*block.parts, "grounding"), d.n_regions)
-        cis, valid, und = _intervals(_block_resamples(block, w), out, GROUNDING_CI, options.confidence)
+        cis, valid, und = _intervals(_block_resamples(block, w, grounding), out, GROUNDING_CI, options.confidence)
         out.update(cis)
         out["ci_valid"] = valid
         undefined.update(und)
@@ -418,10 +432,10 @@ def analyse_mean(
             d = f.data
             values: dict[str, np.ndarray] = {}
             if f.block is not None and d.n_regions:
-                values.update(_block_resamples(f.block, w[:, _positions(d.region_ids, index)]))
-            if len(d.labels):
-                values.update(bs.classification_resamples(d.labels, d.scores, w[:, _positions(d.image_ids, index)]))
-            for name in GROUNDING_CI + CLASSIFICATION_CI:
+                values.update(_block_resamples(f.block, w[:, _positions(d.region_ids, index)], f.grounding))
+            if len(d.labels) and f.classification:
+                values.update(bs.resamples(d, f.classification, w[:, _positions(d.image_ids, index)]))
+            for name in dict.fromkeys([*GROUNDING_CI, *CLASSIFICATION_CI, *values]):
                 if f.row.get(name) is not None and name in values:
                     per_finding[name].append(values[name])
         resampled = bs.mean_over(per_finding, options.resamples)
@@ -460,8 +474,8 @@ def _mean_strata(
                 block = f.strata[s]
                 if not block.data.n_regions:
                     continue
-                values = _block_resamples(block, w[:, _positions(block.data.region_ids, index)])
-                for k in GROUNDING_CI:
+                values = _block_resamples(block, w[:, _positions(block.data.region_ids, index)], f.grounding)
+                for k in dict.fromkeys([*GROUNDING_CI, *values]):
                     if r.get(k) is not None and k in values:
                         per_finding[k].append(values[k])
             cis, valid, und = _intervals(bs.mean_over(per_finding, w.shape[0]), entry, GROUNDING_CI, options.confidence)

@@ -1,16 +1,10 @@
 """Bootstrap confidence intervals over images, vectorized.
 
 A resample of n images is a row of counts c (how often each image was drawn, summing to n); the
-resample's value of a metric is the metric of the data with image i repeated c_i times. Every
-headline metric is a function of weighted sums, so all 1,000 resamples are computed at once from a
-count matrix W [B, n]:
-
-- grounding: the mean Dice (IoU) curve of a resample is `W @ curves / W.sum(1)` (the curves are
-  linear in the per-image counts), the best threshold its row-wise argmax; Pointing Game and EBPG
-  are weighted means;
-- classification: AUROC from the weighted number of negatives below each positive (scores grouped by
-  distinct value: ties count one half), AUPRC as average precision over the distinct scores, F1 and
-  accuracy from weighted confusion counts, the best-F1 threshold as a row-wise argmax.
+resample's value of a metric is the metric of the data with image i repeated c_i times. A metric
+with a `resample` hook (every built-in one: see `builtin`) computes all 1,000 resamples at once
+from a count matrix W [B, n]; any other metric is called on each resample. The threshold modes
+(cross-validated and validation-tuned Dice and IoU) are computed here the same way.
 
 A value that does not exist for a resample (no image with a region drawn, one class only) is NaN
 there and the resample is skipped; the interval is the 2.5th and 97.5th percentile of the valid
@@ -28,17 +22,17 @@ same images (paired comparisons) and a run's intervals are reproducible.
 from __future__ import annotations
 
 import contextlib
-import functools
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from .builtin import first_argmax
+from .data import FindingData
+
 RESAMPLES = 1000
 CONFIDENCE = 0.95
-# near-equal means (summation order) must not change which threshold wins
-TIE_TOLERANCE = 1e-12
 BLOCK_ELEMENTS = 1 << 20  # elements of one [rows, n] float64 temporary (8 MiB)
 
 
@@ -94,28 +88,6 @@ def resample_counts(n: int, rng: np.random.Generator, resamples: int = RESAMPLES
     return out
 
 
-def _by_row_blocks(fn: Callable[..., dict[str, np.ndarray]]) -> Callable[..., dict[str, np.ndarray]]:
-    """Run a resample function on blocks of its `weights` rows (as float64) and join the results:
-    each resample's value depends only on its own row."""
-
-    @functools.wraps(fn)
-    def blocked(*args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
-        *args, weights = args  # `weights` is the last positional argument
-        blocks = row_blocks(weights.shape[0], weights.shape[1])
-        if len(blocks) <= 1:
-            return fn(*args, np.asarray(weights, np.float64), **kwargs)
-        parts = [fn(*args, weights[rows].astype(np.float64), **kwargs) for rows in blocks]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    return blocked
-
-
-def first_argmax(curves: np.ndarray) -> np.ndarray:
-    """Row-wise index of the first value within TIE_TOLERANCE of the row's maximum."""
-    top = curves.max(axis=1, keepdims=True)
-    return np.argmax(curves >= top - TIE_TOLERANCE, axis=1)
-
-
 def interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[list[float] | None, int]:
     """Percentile interval of the finite values and their number (None below two valid resamples)."""
     v = values[np.isfinite(values)]
@@ -126,50 +98,78 @@ def interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[list[f
     return [float(lo), float(hi)], int(len(v))
 
 
-# ---- grounding ----------------------------------------------------------------------------------
-@_by_row_blocks
-def grounding_resamples(
-    dice_curves: np.ndarray,
-    iou_curves: np.ndarray,
-    pointing_game: np.ndarray,
-    ebpg: np.ndarray,
-    weights: np.ndarray,
-    *,
-    fixed_index: int,
-    folds: np.ndarray | None = None,
-    val_index: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Grounding metrics of every resample ([B] each, NaN where undefined).
+# ---- metrics on resamples -----------------------------------------------------------------------
+def metric_resamples(metric: Any, kind: str, d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """[B] values of a metric's fields for the weight rows [B, n] (float64; n: the finding's rows
+    with a region for a grounding metric, its labelled images for a classification one), NaN where
+    a resample has no value: the metric's `resample` hook, or else the metric called on each
+    resample (plain resampling: any plugin metric gets intervals)."""
+    hook = getattr(metric, "resample", None)
+    if hook is not None:
+        return hook(d, weights)
+    return plain_resamples(metric, kind, d, weights)
 
-    `dice_curves`, `iou_curves` [m, 101] per image; `weights` [B, m]. `folds` [m] (fold of each
-    image) adds the cross-validated Dice and IoU; `val_index` the Dice and IoU at a threshold tuned
-    elsewhere.
-    """
-    b = weights.shape[0]
+
+def plain_resamples(metric: Callable[[FindingData], Mapping[str, Any]], kind: str, d: FindingData,
+                    weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The metric of the data with image i repeated w_i times, for each weight row: its numeric
+    fields as [B] arrays (NaN where undefined)."""
+    b, n = weights.shape
+    out: dict[str, np.ndarray] = {}
+    for row in range(b):
+        drawn = np.repeat(np.arange(n), weights[row].astype(np.int64))
+        sub = d.subset(grounding_rows=drawn) if kind == "grounding" else d.subset(images=drawn)
+        for name, value in metric(sub).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                continue  # Undefined, None or not a number: NaN for this resample
+            out.setdefault(name, np.full(b, np.nan))[row] = float(value)
+    return out
+
+
+def resamples(
+    d: FindingData,
+    metrics: Sequence[tuple[Any, str]],
+    weights: np.ndarray,
+    extra: Callable[[FindingData, np.ndarray], dict[str, np.ndarray]] | None = None,
+) -> dict[str, np.ndarray]:
+    """The resample values of `metrics` ((metric, kind) pairs of one kind) and of `extra`, computed
+    on blocks of weight rows (`BLOCK_ELEMENTS` per [rows, n] float64 temporary), the metrics of a
+    block sharing their products."""
+    parts = []
+    blocks = row_blocks(weights.shape[0], weights.shape[1])
+    for rows in blocks:
+        w = np.asarray(weights[rows], np.float64)
+        part: dict[str, np.ndarray] = {}
+        with d.sharing():
+            for metric, kind in metrics:
+                part.update(metric_resamples(metric, kind, d, w))
+            if extra is not None:
+                part.update(extra(d, w))
+        parts.append(part)
+    if len(parts) == 1:
+        return parts[0]
+    keys = dict.fromkeys(k for p in parts for k in p)  # a plugin's field may be missing from a block
+    return {k: np.concatenate([p.get(k, np.full(r.stop - r.start, np.nan)) for p, r in zip(parts, blocks)]) for k in keys}
+
+
+# ---- grounding threshold modes ------------------------------------------------------------------
+def threshold_modes(
+    d: FindingData, weights: np.ndarray, *, folds: np.ndarray | None = None, val_index: int | None = None
+) -> dict[str, np.ndarray]:
+    """Dice and IoU of every resample at thresholds tuned otherwise than on the same images: `folds`
+    [m] (fold of each row) gives the cross-validated Dice and IoU, `val_index` those at a threshold
+    tuned on another split; plus the calibration gap. [B] each, NaN where undefined."""
+    out: dict[str, np.ndarray] = {}
     total = weights.sum(axis=1)
     ok = total > 0
-    safe = np.where(ok, total, 1.0)
-    rows = np.arange(b)
-    dice_sum = weights @ dice_curves
-    iou_sum = weights @ iou_curves
-    dice = dice_sum / safe[:, None]
-    iou = iou_sum / safe[:, None]
-    best = first_argmax(dice)
-    out = {
-        "pointing_game": weights @ pointing_game / safe,
-        "ebpg": weights @ ebpg / safe,
-        "dice_fixed": dice[:, fixed_index],
-        "iou_fixed": iou[:, fixed_index],
-        "dice_best": dice[rows, best],
-        "iou_best": iou[rows, best],
-    }
-    out["calibration_gap"] = out["dice_best"] - out["dice_fixed"]
     if folds is not None:
-        out["dice_crossval"], out["iou_crossval"] = _crossval(dice_curves, iou_curves, weights, folds, dice_sum, safe)
+        safe = np.where(ok, total, 1.0)
+        dice, iou = _crossval(d.per_row("dice"), d.per_row("iou"), weights, folds, d.weighted_sum("dice", weights), safe)
+        out["dice_crossval"], out["iou_crossval"] = np.where(ok, dice, np.nan), np.where(ok, iou, np.nan)
     if val_index is not None:
-        out["dice_val"] = dice[:, val_index]
-        out["iou_val"] = iou[:, val_index]
-    return {k: np.where(ok, v, np.nan) for k, v in out.items()}
+        out["dice_val"] = d.weighted_mean("dice", weights)[:, val_index]
+        out["iou_val"] = d.weighted_mean("iou", weights)[:, val_index]
+    return out
 
 
 def _crossval(
@@ -216,77 +216,6 @@ def assign_folds(m: int, k: int, rng: np.random.Generator) -> np.ndarray:
     folds = np.empty(m, np.int64)
     folds[rng.permutation(m)] = np.arange(m) % max(1, min(k, m))
     return folds
-
-
-# ---- classification -----------------------------------------------------------------------------
-@_by_row_blocks
-def classification_resamples(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """AUROC, AUPRC, F1 and accuracy (at 0.5 and at the best-F1 threshold) of every resample.
-
-    Positives and negatives are sorted by score once; with the running sums of their weights, each
-    positive k of a resample knows the weighted negatives below its score (AUROC, ties one half)
-    and the weighted positives and negatives at or above it (precision at its score for AUPRC, F1
-    at its score for the best-F1 threshold: F1 is highest at a positive's score)."""
-    b = weights.shape[0]
-    y = labels == 1
-    names = ("auroc", "auprc", "f1", "f1_best", "accuracy", "accuracy_best")
-    if len(labels) == 0:
-        return {k: np.full(b, np.nan) for k in names}
-    pos_order = np.flatnonzero(y)[np.argsort(scores[y], kind="stable")]
-    neg_order = np.flatnonzero(~y)[np.argsort(scores[~y], kind="stable")]
-    sp, sn = scores[pos_order], scores[neg_order]
-    wp = weights[:, pos_order]
-    wn = weights[:, neg_order]
-    pos = wp.sum(axis=1)
-    neg = wn.sum(axis=1)
-    total = pos + neg
-    both = (pos > 0) & (neg > 0)
-    has_pos = pos > 0
-    safe_total = np.where(total > 0, total, 1.0)
-
-    predicted = scores >= 0.5
-    tp5 = weights @ (predicted & y).astype(np.float64)
-    fp5 = weights @ (predicted & ~y).astype(np.float64)
-    den = 2 * tp5 + fp5 + (pos - tp5)
-    f1 = np.where(den > 0, 2 * tp5 / np.where(den > 0, den, 1.0), 0.0)
-    accuracy = (tp5 + neg - fp5) / safe_total
-    out = {
-        "f1": np.where(has_pos, f1, np.nan),
-        "accuracy": np.where(total > 0, accuracy, np.nan),
-    }
-    if len(sp) == 0:
-        out.update({k: np.full(b, np.nan) for k in ("auroc", "auprc", "f1_best", "accuracy_best")})
-        return out
-    # running sums with a leading zero: cum[:, j] = weight of the first j (lowest-scored) images
-    neg_cum = np.zeros((b, len(sn) + 1))
-    np.cumsum(wn, axis=1, out=neg_cum[:, 1:])
-    pos_cum = np.zeros((b, len(sp) + 1))
-    np.cumsum(wp, axis=1, out=pos_cum[:, 1:])
-    below_index = np.searchsorted(sn, sp, side="left")
-    upto_index = np.searchsorted(sn, sp, side="right")
-    neg_below = neg_cum[:, below_index]  # negatives scored < s_k
-    # AUROC numerator: per positive, the negatives below it plus half of those tied with it
-    if np.array_equal(below_index, upto_index):  # no score shared by a positive and a negative
-        auroc = np.einsum("ij,ij->i", wp, neg_below)
-    else:
-        auroc = np.einsum("ij,ij->i", wp, neg_below + neg_cum[:, upto_index]) / 2
-    auroc /= np.where(both, pos * neg, 1.0)
-    first = np.searchsorted(sp, sp, side="left")
-    # positives scored >= s_k (the first positive of a tie stands for all of them)
-    tp = pos[:, None] - (pos_cum[:, :-1] if np.array_equal(first, np.arange(len(sp))) else pos_cum[:, first])
-    fp = neg[:, None] - neg_below
-    called = tp + fp
-    precision = tp / np.where(called > 0, called, 1.0)
-    auprc = np.einsum("ij,ij->i", wp, precision) / np.where(has_pos, pos, 1.0)
-    f1_curve = 2 * tp / np.maximum(tp + fp + pos[:, None], 1e-300)
-    # the first maximum from the highest score down, as `builtin.best_f1_threshold`
-    k = len(sp) - 1 - np.argmax(f1_curve[:, ::-1], axis=1)
-    rows = np.arange(b)
-    out["auroc"] = np.where(both, auroc, np.nan)
-    out["auprc"] = np.where(both, auprc, np.nan)
-    out["f1_best"] = np.where(has_pos, f1_curve[rows, k], np.nan)
-    out["accuracy_best"] = np.where(has_pos, (tp[rows, k] + neg - fp[rows, k]) / safe_total, np.nan)
-    return {n: out[n] for n in names}
 
 
 def mean_over(values: Mapping[str, list[np.ndarray]], b: int) -> dict[str, np.ndarray]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,9 @@ class FindingData:
     `hits_all`/`hits_region` [m, 101], `region_px`, `total_px`, `pointing_game`, `ebpg`.
     `image_ids` [n] and `region_ids` [m] name the images of both (empty when unknown); the bootstrap
     uses them to resample an image of several findings as a unit.
+
+    Inside `sharing()`, the metrics of one batch of resample weights share their products (the mean
+    Dice curve serves Dice, IoU's best threshold and the threshold modes).
     """
 
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -39,6 +44,7 @@ class FindingData:
     fixed_threshold: float = 0.5
     image_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
     region_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    _shared: dict[tuple[str, int], tuple[Any, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_regions(self) -> int:
@@ -54,6 +60,56 @@ class FindingData:
         if not 0 <= k < N_THRESHOLDS or abs(THRESHOLDS[k] - self.fixed_threshold) > 1e-6:
             raise ValueError(f"fixed threshold {self.fixed_threshold} is not on the 0.01 grid")
         return k
+
+    @contextlib.contextmanager
+    def sharing(self) -> Iterator[None]:
+        """Keep what `shared` computes until the block ends (the caller holds the weights alive)."""
+        self._shared = {}
+        try:
+            yield
+        finally:
+            self._shared = None
+
+    def shared(self, name: str, weights: Any, compute: Callable[[], Any]) -> Any:
+        """`compute()`, kept for these weights (by identity) inside `sharing()`."""
+        if self._shared is None:
+            return compute()
+        key = (name, id(weights))
+        hit = self._shared.get(key)
+        if hit is None or hit[0] is not weights:
+            hit = (weights, compute())
+            self._shared[key] = hit
+        return hit[1]
+
+    def per_row(self, name: str) -> np.ndarray:
+        """A grounding statistic per row: `pointing_game`, `ebpg` [m] or the `dice`, `iou` curves [m, 101]."""
+        if name == "dice":
+            return self.shared("dice_curve", None, self.dice_curve)
+        if name == "iou":
+            return self.shared("iou_curve", None, self.iou_curve)
+        return getattr(self, name)
+
+    def weighted_sum(self, name: str, weights: np.ndarray) -> np.ndarray:
+        """`weights @ per_row(name)` for weight rows [B, m]: [B] or [B, 101]."""
+        return self.shared(f"sum:{name}", weights, lambda: weights @ self.per_row(name))
+
+    def weighted_mean(self, name: str, weights: np.ndarray | None) -> np.ndarray:
+        """The mean of a grounding statistic (see `per_row`) over the rows, per weight row: [B] or
+        [B, 101] for weights [B, m] (how often each row was drawn; NaN where none was), and [1] or
+        [1, 101] for the data as it is (weights None: the plain mean)."""
+        if weights is None:
+            return self.shared(f"mean:{name}", None, lambda: self.per_row(name).mean(axis=0)[None])
+
+        def compute() -> np.ndarray:
+            total = weights.sum(axis=1)
+            safe = np.where(total > 0, total, 1.0)
+            mean = self.weighted_sum(name, weights) / (safe[:, None] if name in ("dice", "iou") else safe)
+            bad = total <= 0
+            if bad.any():
+                mean[bad] = np.nan
+            return mean
+
+        return self.shared(f"mean:{name}", weights, compute)
 
     def dice_curve(self) -> np.ndarray:
         """Dice per image and threshold, [m, 101]: 2|B n R| / (|B| + |R|)."""
