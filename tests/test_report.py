@@ -508,3 +508,42 @@ def test_paper_tables_in_headless_chromium(paper_run: Path, tmp_path: Path) -> N
                             " return [i.getAttribute('src'), i.naturalWidth]; });")
         assert sorted(src for src, _ in figures) == ["figures/paper_figure3.png", "figures/paper_figure4.png"]
         assert all(w > 0 for _, w in figures)
+
+
+# ---- best and second marks follow each metric's direction ------------------------------------------
+def test_rank_marks_compare_as_shown_in_the_metric_direction() -> None:
+    from xbench_core.report.marks import rank_marks
+
+    values = {"a": 0.8004, "b": 0.8001, "c": 0.7, "d": None, "e": 0.2}
+    assert rank_marks(values) == {"a": "best", "b": "best", "c": "second"}  # 0.800 twice as shown
+    assert rank_marks(values, higher_is_better=False) == {"e": "best", "c": "second"}
+    assert rank_marks(values, digits=None) == {"a": "best", "b": "second"}
+    assert rank_marks({"a": 0.5, "b": None}) == {}
+
+
+def test_tables_mark_the_lowest_value_of_a_lower_is_better_metric() -> None:
+    from xbench_core import MetricSpec, hookimpl
+    from xbench_core.report.marks import metric_directions
+    from xbench_core.report.tables import Column, Line, Table
+    from xbench_core.testing import temporary_plugin
+
+    class Plugin:
+        @hookimpl
+        def xbench_register_metrics(self, register: Any) -> None:
+            register(MetricSpec(name="brier", summary="Brier score", kind="classification", fields=("brier",),
+                                factory=lambda: (lambda d: {"brier": 0.0}), higher_is_better=False))
+
+    with temporary_plugin(Plugin(), "brier") as registry:
+        directions = metric_directions(registry)
+    assert directions["brier"] is False and directions["pointing_game"] is True and directions["dice_best"] is True
+    lines = [Line(m, m, "native", {"brier": b, "auroc": a, "small|brier": b, "pneumonia": b}, {})
+             for m, b, a in (("x", 0.30, 0.9), ("y", 0.10, 0.7), ("z", 0.20, 0.8))]
+    cols = [Column("brier", "Brier"), Column("auroc", "AUROC"), Column("small|brier", "Brier"),
+            Column("pneumonia", "Pneumonia", field="brier")]
+    table = Table("t", "t", "", None, cols, lines, directions=directions)
+    marks = table.marks()
+    for key in ("brier", "small|brier", "pneumonia"):
+        assert (marks[(1, key)], marks[(2, key)]) == ("best", "second") and (0, key) not in marks
+    assert (marks[(0, "auroc")], marks[(2, "auroc")]) == ("best", "second")
+    assert "**0.100**" in to_markdown(table) and "\\textbf{0.100}" in to_latex(table)
+    assert Table("t", "t", "", None, cols, lines).marks()[(0, "brier")] == "best"  # no directions: higher

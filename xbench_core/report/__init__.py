@@ -61,9 +61,13 @@ def write_report(
     if len(sources) > 1:
         RunStore(folder).write_json(folder / "merged-results.json", merged.results)
 
+    from .marks import metric_directions
     from .paper import paper_figures, paper_tables
 
     tables = build_tables(merged.results) + paper_tables(merged.results)
+    directions = metric_directions(registry)
+    for t in tables:  # best and second marks follow each metric's higher_is_better
+        t.directions = directions
     table_dir = folder / "tables"
     table_dir.mkdir(exist_ok=True)
     table_files: dict[str, dict[str, str]] = {}

@@ -7,7 +7,8 @@ threshold), in percent. Tables 2-5: Pointing Game per class on VinDr-CXR (its 22
 halves, each model on one row per half), ChestX-ray14, ChestX-Det10 and CheXlocalize. Figure 3:
 AUROC against Pointing Game, one point per model (means over datasets), with the fitted line and
 R^2; Figure 4: Dice at the fixed threshold against Dice at the best threshold per model, with the
-gap. Best values are marked by the report's one marking function (`Table.marks`).
+gap. Best values are marked by the report's one marking function (`marks.rank_marks`, through
+`Table.marks`).
 
 The published numbers are reference data in `xbench_core/presets/<preset>.published.json`: a
 citation and a flat list of cells `{table, dataset, finding, model, metric, value}` (value in
@@ -120,7 +121,7 @@ def _per_class(number: str, dataset: str, rows: Sequence[dict[str, Any]], series
     halves = [findings[: (len(findings) + 1) // 2], findings[(len(findings) + 1) // 2:]] if number == "2" else [findings]
     out = []
     for part, chunk in enumerate(h for h in halves if h):
-        cols = [Column(f, finding_label(f), digits=DIGITS) for f in chunk]
+        cols = [Column(f, finding_label(f), digits=DIGITS, field="pointing_game") for f in chunk]
         lines = [_line(m, e, several, flagged, {f: (by.get((f, m, e), {}).get("pointing_game"),
                                                     by.get((f, m, e), {}).get("pointing_game_ci")) for f in chunk})
                  for m, e in series if any((f, m, e) in by for f in chunk)]

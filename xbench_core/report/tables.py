@@ -4,7 +4,8 @@ Per dataset (and split): grounding (Pointing Game, EBPG, Dice and IoU per model:
 Pointing Game per finding (Tables 2-5), recognition (AUROC, AUPRC, F1, accuracy), lesion-size strata
 and threshold modes; plus an overview of grounding across datasets. In every column where higher is
 better the best value is bold and the second best underlined (LaTeX `\\underline`, Markdown
-`<ins>`, which GitHub renders), compared at the three decimals shown. CSV files hold the full
+`<ins>`, which GitHub renders), compared at the three decimals shown, in each metric's direction
+(`MetricSpec.higher_is_better`: the lowest value is best where lower is better; see `marks`). CSV files hold the full
 values and the 95% confidence intervals.
 """
 
@@ -19,19 +20,22 @@ from typing import Any
 
 from ..findings import BY_ID
 from ..schema import MEAN
+from .marks import higher_is_better, rank_marks
 
 DatasetKey = tuple[str, Any]  # dataset, split
 
 
 @dataclass(frozen=True)
 class Column:
-    """One value column: the row field it shows, its header, its group, whether it is ranked."""
+    """One value column: the row field it shows, its header, its group, whether it is ranked, and
+    the field whose direction ranks it (default: the key's last `|`-part)."""
 
     key: str
     label: str
     group: str = ""
     rank: bool = True
     digits: int = 3
+    field: str = ""
 
 
 @dataclass
@@ -55,38 +59,21 @@ class Table:
     columns: list[Column]
     lines: list[Line]
     notes: list[str] = field(default_factory=list)
+    directions: dict[str, bool] = field(default_factory=dict)  # field -> higher_is_better (see marks.py)
 
     def marks(self) -> dict[tuple[int, str], str]:
-        """{(line index, column key): "best" | "second"} by the values as shown (higher is better).
-
-        Ties are marked as ties, the same rule in every table and format: a line whose value equals
-        the leader's as shown, or whose 95% interval overlaps the leader's, gets the leader's mark
-        (the data do not order them); the next mark goes to the best of the rest.
-        """
+        """{(line index, column key): "best" | "second"} by the values as shown, in each column's
+        direction, ties (equal as shown, or overlapping 95% intervals) sharing a mark: `marks.rank_marks`."""
         out: dict[tuple[int, str], str] = {}
         for c in self.columns:
             if not c.rank:
                 continue
-            shown = {i: round(v, c.digits) for i, ln in enumerate(self.lines) if (v := ln.values.get(c.key)) is not None}
-            if len(shown) < 2:
-                continue
-            left = dict(shown)
-            for mark in ("best", "second"):
-                if not left:
-                    break
-                top = max(left.values())
-                leaders = [i for i, v in left.items() if v == top]
-                tied = [i for i in left if i in leaders
-                        or any(_overlap(self.lines[i].cis.get(c.key), self.lines[j].cis.get(c.key)) for j in leaders)]
-                for i in tied:
-                    out[(i, c.key)] = mark
-                    del left[i]
+            higher = higher_is_better(c.field or c.key.rpartition("|")[2], self.directions)
+            column = rank_marks({i: ln.values.get(c.key) for i, ln in enumerate(self.lines)},
+                                higher_is_better=higher, digits=c.digits,
+                                cis={i: ln.cis.get(c.key) for i, ln in enumerate(self.lines)})
+            out.update({(i, c.key): m for i, m in column.items()})
         return out
-
-
-def _overlap(a: Sequence[float] | None, b: Sequence[float] | None) -> bool:
-    """Whether two intervals [lo, hi] overlap (False when either is unknown)."""
-    return a is not None and b is not None and len(a) == 2 and len(b) == 2 and a[0] <= b[1] and b[0] <= a[1]
 
 
 # ---- building -------------------------------------------------------------------------------------
@@ -225,7 +212,7 @@ def _overview(rows: Sequence[dict[str, Any]], keys: Sequence[DatasetKey], flagge
 def _per_finding(findings: Sequence[dict[str, Any]], means: Sequence[dict[str, Any]], key: DatasetKey, label: str,
                  slug: str, flagged: set[str], notes: list[str]) -> Table:
     names = list(dict.fromkeys(r["finding"] for r in findings if r.get("n_regions")))
-    cols = [Column(f, finding_label(f)) for f in names] + [Column(MEAN, "Mean")]
+    cols = [Column(f, finding_label(f), field="pointing_game") for f in names] + [Column(MEAN, "Mean", field="pointing_game")]
     pivot: dict[tuple[str, str], dict[str, Any]] = {}
     for r in [*findings, *means]:
         e = pivot.setdefault((r["model"], r["explainer"]), {"model": r["model"], "explainer": r["explainer"]})
