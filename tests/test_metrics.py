@@ -411,10 +411,5 @@ class TestDiceConforms(MetricPluginTests):
         return get_registry().metrics[cls.name].build()
 
 
-class TestAurocConforms(MetricPluginTests):
+class TestAurocConforms(TestDiceConforms):
     name = "auroc"
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def metric(cls):
-        return get_registry().metrics[cls.name].build()
