@@ -182,31 +182,37 @@ def _classification_values(labels: np.ndarray, scores: np.ndarray, weights: np.n
     k = len(sp) - 1 - np.argmax(f1_curve[:, ::-1], axis=1)
     rows = np.arange(b)
     out["auroc"] = np.where(both, auroc, np.nan)
-    out["auprc"] = np.where(both, _average_precision(scores, sp, sn, pos_cum, neg_cum, pos, neg), np.nan)
+    out["auprc"] = np.where(both, _average_precision(scores, sp, tp, fp, pos), np.nan)
     out["f1_best"] = np.where(has_pos, f1_curve[rows, k], np.nan)
     out["f1_best_threshold"] = np.where(has_pos, sp[k], np.nan)
     out["accuracy_best"] = np.where(has_pos, (tp[rows, k] + neg - fp[rows, k]) / safe_total, np.nan)
     return out
 
 
-def _average_precision(
-    scores: np.ndarray, sp: np.ndarray, sn: np.ndarray, pos_cum: np.ndarray, neg_cum: np.ndarray,
-    pos: np.ndarray, neg: np.ndarray,
-) -> np.ndarray:
+def _average_precision(scores: np.ndarray, sp: np.ndarray, tp: np.ndarray, fp: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Average precision per row, in scikit-learn's arithmetic (so that the data as it is gives its
     `average_precision_score` bit for bit): over the distinct scores t, ascending, the sum of
-    (recall at the next higher t - recall at t) * precision at t, predicting "score >= t"."""
-    thresholds = np.unique(scores)
-    tp = pos[:, None] - pos_cum[:, np.searchsorted(sp, thresholds, side="left")]
-    fp = neg[:, None] - neg_cum[:, np.searchsorted(sn, thresholds, side="left")]
+    (recall at the next higher t - recall at t) * precision at t, predicting "score >= t".
+
+    `tp`, `fp` [B, n+] are the weighted positives and negatives scored >= each positive's score
+    (`sp`, ascending). Only a score held by a positive moves the recall: the other distinct scores
+    add exact zeros, kept in place so that the sum's rounding is scikit-learn's."""
+    first = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])  # one column per distinct positive score
+    tp, fp = tp[:, first], fp[:, first]
     called = tp + fp
     precision = np.where(called != 0, tp / np.where(called != 0, called, 1.0), 0.0)
     recall = tp / np.where(pos > 0, pos, 1.0)[:, None]
     step = np.empty_like(recall)
     step[:, :-1] = recall[:, 1:]
-    step[:, -1] = 0.0
+    step[:, -1] = 0.0  # above the highest positive no positive is called
     step -= recall
-    return np.maximum(0.0, -np.sum(step * precision, axis=1))
+    thresholds = np.unique(scores)
+    if len(thresholds) == len(first):
+        terms = step * precision
+    else:
+        terms = np.zeros((len(tp), len(thresholds)))
+        terms[:, np.searchsorted(thresholds, sp[first])] = step * precision
+    return np.maximum(0.0, -np.sum(terms, axis=1))
 
 
 def _two_classes(*fields: str) -> Callable[[FindingData], dict[str, Undefined]]:
