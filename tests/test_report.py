@@ -547,3 +547,16 @@ def test_tables_mark_the_lowest_value_of_a_lower_is_better_metric() -> None:
     assert (marks[(0, "auroc")], marks[(2, "auroc")]) == ("best", "second")
     assert "**0.100**" in to_markdown(table) and "\\textbf{0.100}" in to_latex(table)
     assert Table("t", "t", "", None, cols, lines).marks()[(0, "brier")] == "best"  # no directions: higher
+
+
+def test_faithfulness_table_marks_lower_deletion_auc_best() -> None:
+    from xbench_core.report.faithfulness import faithfulness_tables
+
+    rows = [{"dataset": "d", "split": "test", "model": m, "explainer": "native", "finding": "__mean__", "n_faithfulness": 4,
+             "deletion_auc": dele, "insertion_auc": ins, "deletion_auc_random": 0.5}
+            for m, dele, ins in (("x", 0.3, 0.6), ("y", 0.1, 0.4), ("z", 0.2, 0.5))]
+    (table,) = faithfulness_tables({"rows": rows})
+    marks = table.marks()
+    assert (marks[(1, "deletion_auc")], marks[(2, "deletion_auc")]) == ("best", "second")  # lower is better
+    assert (marks[(0, "insertion_auc")], marks[(2, "insertion_auc")]) == ("best", "second")
+    assert not any(k == "deletion_auc_random" for _, k in marks)  # a control: not ranked

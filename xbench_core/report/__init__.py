@@ -66,8 +66,8 @@ def write_report(
 
     tables = build_tables(merged.results) + paper_tables(merged.results)
     directions = metric_directions(registry)
-    for t in tables:  # best and second marks follow each metric's higher_is_better
-        t.directions = directions
+    for t in tables:  # best and second marks follow each metric's higher_is_better (a table's own win)
+        t.directions = {**directions, **t.directions}
     table_dir = folder / "tables"
     table_dir.mkdir(exist_ok=True)
     table_files: dict[str, dict[str, str]] = {}

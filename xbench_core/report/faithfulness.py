@@ -25,7 +25,8 @@ from .tables import (
     finding_label,
 )
 
-# (field, header, higher is better: None for a control); only "higher is better" columns are ranked
+# (field, header, higher is better: None for a control, not ranked); best and second are marked in
+# each column's direction (report/marks.py)
 COLUMNS = (
     ("ablation_drop", "region drop \N{UPWARDS ARROW}", True),
     ("ablation_control_drop", "control drop \N{DOWNWARDS ARROW}", False),
@@ -53,7 +54,7 @@ def faithfulness_tables(results: dict[str, Any]) -> list[Table]:
         if not means:
             continue
         label, slug = dataset_label(key, keys), dataset_slug(key, keys)
-        cols = [Column(f, h, rank=bool(better)) for f, h, better in COLUMNS if any(r.get(f) is not None for r in means)]
+        cols = [Column(f, h, rank=better is not None) for f, h, better in COLUMNS if any(r.get(f) is not None for r in means)]
         out.append(Table(
             f"faithfulness__{slug}", f"Faithfulness on {label}",
             f"Faithfulness on {label}, means over findings of the positive images with a region: score drops "
@@ -62,7 +63,8 @@ def faithfulness_tables(results: dict[str, Any]) -> list[Table]:
             "rest is (causal); deletion and insertion AUCs guided by the map and in random pixel order; the rank "
             "correlation of the maps with those of the fully randomized model (sanity). Arrows: the better direction.",
             key, cols, _lines(means, cols, _plain, flagged),
-            ["\N{DAGGER} random weights: a smoke test, not a real result"] if flagged else []))
+            ["\N{DAGGER} random weights: a smoke test, not a real result"] if flagged else [],
+            directions={f: better for f, _, better in COLUMNS if better is not None}))
     return out
 
 
