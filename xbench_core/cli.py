@@ -49,6 +49,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-report", action="store_true",
                    help="do not write tables, figures and report.html at the end (written when matplotlib is installed)")
 
+    sc = sub.add_parser("score", help="score precomputed maps (and scores) against a dataset; no model is run")
+    sc.add_argument("--dataset", required=True, help="dataset name (its options from -c or --set)")
+    sc.add_argument("--maps", required=True, help="map file or folder (cheXlocalize *_map.pkl, .npy/.npz/.pt/.safetensors)")
+    sc.add_argument("--scores", help="CSV (id,finding,score or id,<finding>...) or JSON {id: {finding: score}}")
+    sc.add_argument("--protocol", help="grounding protocol: xbench (default), chexlocalize, medklip, mavl")
+    sc.add_argument("--pointing", choices=("share", "any", "first"), help="pointing game tie rule (default share)")
+    sc.add_argument("--frame", help="original (default), squash:S, shortest-side-crop:R:C or letterbox:CANVAS:C")
+    sc.add_argument("--model", default="maps", help="model name the rows carry (default maps)")
+    sc.add_argument("--explainer", default="precomputed", help="explainer name the rows carry (default precomputed)")
+    sc.add_argument("-c", "--config", help="YAML config (dataset options, grounding, metrics)")
+    sc.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME.KEY=VALUE")
+    sc.add_argument("--metrics", help="comma-separated metric names (default all)")
+    sc.add_argument("--limit", type=int, help="only the first N images of the dataset (by sorted id)")
+    sc.add_argument("--out", required=True, help="run directory to write")
+    sc.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    sc.add_argument("--quiet", action="store_true")
+
     rep = sub.add_parser("report", help="rebuild results.json from a run's records; write tables, figures and report.html")
     rep.add_argument("runs", nargs="+", help="run directories (several: merged, the newest results win on overlaps)")
     rep.add_argument("--out", help="write the (merged) report here (default: the first run)")
@@ -299,6 +316,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         write_comparison(args.out or args.runs[0], args.compare, quiet=args.quiet)
     return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .score import run_score
+
+    return run_score(args, _registry(args))
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

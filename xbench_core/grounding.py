@@ -12,9 +12,12 @@ Exactness: a pixel's bin is the largest k with value >= tau_k, decided by compar
 float32 thresholds that a naive `map >= tau_k` loop uses (never by `floor(v * 100)` alone, which
 disagrees at values next to a threshold), so the counts equal the naive loop's exactly.
 
-Pointing Game: the share of the maximal pixels that lie in the region (1 or 0 without ties). EBPG:
-the share of the map's mass in the region. A constant map is read as uniform: both equal the
-region's area fraction.
+Pointing Game: the share of the maximal pixels that lie in the region (1 or 0 without ties), and
+the other tie rules beside it (`pointing_any`: any maximal pixel in the region; `pointing_first`:
+the first one, row-major); `grounding.pointing` picks one at aggregation. EBPG: the share of the
+map's mass in the region. A constant map is read as uniform: both equal the region's area fraction.
+Extras per pair (`extra`): the contrast-to-noise ratio on the normalized map and the mean IoU over
+the raw thresholds 0.1..0.5 (`>=`, before normalization), see xbench_core.protocols.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ class GroundingStats:
     pointing_game: Any  # [N] float64
     ebpg: Any  # [N] float64
     constant: Any  # [N] bool
+    pointing_any: Any = None  # [N] float64: 1 when any maximal pixel is in the region
+    pointing_first: Any = None  # [N] float64: 1 when the first maximal pixel (row-major) is
+    extra: list[dict[str, Any]] | None = None  # per pair: cnr, miou_raw
 
     def rows(self) -> list[dict[str, Any]]:
         """One plain dict per pair, for the record store."""
@@ -56,6 +62,8 @@ class GroundingStats:
                 "constant",
             )
         }
+        ties = {k: getattr(self, k) for k in ("pointing_any", "pointing_first") if getattr(self, k) is not None}
+        ties = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in ties.items()}
         out = []
         for i in range(len(cols["region_pixels"])):
             region, total = int(cols["region_pixels"][i]), int(cols["total_pixels"][i])
@@ -69,6 +77,8 @@ class GroundingStats:
                     "constant_map": bool(cols["constant"][i]),
                     "hits_region": cols["hits_region"][i].tolist(),
                     "hits_all": cols["hits_all"][i].tolist(),
+                    **{k: float(v[i]) for k, v in ties.items()},
+                    **({"extra": self.extra[i]} if self.extra is not None else {}),
                 }
             )
         return out
@@ -159,14 +169,57 @@ def evaluate_maps(maps: Any, geometry: Geometry, eval_size: tuple[int, int], mas
         import torch
 
         frame = to_eval_frame(maps, geometry, eval_size)
+        regions = torch.stack([torch.as_tensor(m) for m in masks]).to(frame.device, non_blocking=True).bool()
+        raw_iou = _raw_miou(frame, regions)
         normed, _ = normalize(frame)
-        regions = torch.stack([torch.as_tensor(m) for m in masks]).to(frame.device, non_blocking=True)
-        return _stats_torch(normed, regions.bool())
+        stats = _stats_torch(normed, regions)
+        stats.extra = _extras(normed, regions, raw_iou)
+        return stats
     values = maps.detach().float().numpy() if not isinstance(maps, np.ndarray) else maps
     frame = to_eval_frame(values, geometry, eval_size)
-    normed, _ = normalize(frame)
     regions = np.stack([np.asarray(m, dtype=bool) for m in masks])
-    return _stats_numpy(normed, regions)
+    raw_iou = _raw_miou(frame, regions)  # before normalize, which works in place
+    normed, _ = normalize(frame)
+    stats = _stats_numpy(normed, regions)
+    stats.extra = _extras(normed, regions, raw_iou)
+    return stats
+
+
+RAW_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)  # MS-CXR's mIoU thresholds on raw (cosine) maps
+
+
+def _raw_miou(frame: Any, regions: Any) -> list[float]:
+    """Per map, the mean over RAW_THRESHOLDS of the IoU of `raw >= t` with the region."""
+    out = []
+    for v, r in zip(frame, regions):
+        n_region = int(r.sum())
+        ious = []
+        for t in RAW_THRESHOLDS:
+            pred = v >= np.float32(t) if isinstance(v, np.ndarray) else v >= t
+            tp = int((pred & r).sum())
+            union = int(pred.sum()) + n_region - tp
+            ious.append(tp / union if union else 0.0)
+        out.append(float(np.mean(ious)))
+    return out
+
+
+def _extras(normed: Any, regions: Any, raw_iou: list[float]) -> list[dict[str, Any]]:
+    """Per pair: contrast-to-noise ratio |mean_in - mean_out| / sqrt(var_in + var_out) (population
+    variances, float64) on the normalized map, and the raw-threshold mIoU."""
+    out = []
+    for v, r, miou in zip(normed, regions, raw_iou):
+        if not isinstance(v, np.ndarray):
+            v, r = v.detach().double().cpu().numpy(), r.detach().cpu().numpy()
+        v64 = v.reshape(-1).astype(np.float64)
+        inside_mask = r.reshape(-1)
+        inside, outside = v64[inside_mask], v64[~inside_mask]
+        cnr = None
+        if inside.size and outside.size:
+            spread = float(np.sqrt(inside.var() + outside.var()))
+            if spread > 0:
+                cnr = float(abs(inside.mean() - outside.mean()) / spread)
+        out.append({"cnr": cnr, "miou_raw": miou})
+    return out
 
 
 # The thresholds with a sentinel above 1, so that "value >= next threshold" needs no bounds check.
@@ -232,6 +285,8 @@ def _stats_numpy(maps: np.ndarray, masks: np.ndarray) -> GroundingStats:
     hits_region = np.empty((n, N_THRESHOLDS), np.int64)
     region_px = np.empty(n, np.int64)
     pointing = np.empty(n, np.float64)
+    pointing_any = np.empty(n, np.float64)
+    pointing_first = np.empty(n, np.float64)
     ebpg = np.empty(n, np.float64)
     constant = np.empty(n, bool)
     total = maps[0].size if n else 0
@@ -245,13 +300,16 @@ def _stats_numpy(maps: np.ndarray, masks: np.ndarray) -> GroundingStats:
         region_px[i] = inside.size
         peak, low = v.max(), v.min()
         constant[i] = peak <= low
-        pointing[i] = np.count_nonzero(v[inside] == peak) / np.count_nonzero(v == peak)
+        at_peak = np.count_nonzero(v[inside] == peak)
+        pointing[i] = at_peak / np.count_nonzero(v == peak)
+        pointing_any[i] = float(at_peak > 0)
+        pointing_first[i] = float(masks[i].reshape(-1)[int(np.argmax(v))])
         mass = float(v.sum(dtype=np.float64))
         ebpg[i] = float(v[inside].sum(dtype=np.float64)) / mass if mass > 0 else inside.size / total
     t = torch.from_numpy
     return GroundingStats(
         t(hits_all), t(hits_region), t(region_px), torch.full((n,), total, dtype=torch.int64),
-        t(pointing), t(ebpg), t(constant),
+        t(pointing), t(ebpg), t(constant), t(pointing_any), t(pointing_first),
     )
 
 
@@ -276,12 +334,16 @@ def _stats_torch(maps: Any, masks: Any) -> GroundingStats:
     peak = values.amax(dim=1, keepdim=True)
     constant = peak.squeeze(1) <= values.amin(dim=1)
     ties = values == peak
-    pointing = (ties & region).sum(1).double() / ties.sum(1).double()
+    at_peak = (ties & region).sum(1)
+    pointing = at_peak.double() / ties.sum(1).double()
+    pointing_any = (at_peak > 0).double()
+    first = torch.argmax(values, dim=1)  # the first maximal value's index (torch documents it)
+    pointing_first = region.gather(1, first.view(n, 1)).squeeze(1).double()
     mass = values.double().sum(1)
     inside = (values.double() * region).sum(1)
     fraction = region_pixels.double() / total.double()
     ebpg = torch.where(mass > 0, inside / torch.where(mass > 0, mass, torch.ones_like(mass)), fraction)
-    return GroundingStats(hits_all, hits_region, region_pixels, total, pointing, ebpg, constant)
+    return GroundingStats(hits_all, hits_region, region_pixels, total, pointing, ebpg, constant, pointing_any, pointing_first)
 
 
 def naive_counts(values: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -75,11 +75,11 @@ def xbench_register_explainers(register: Callable[[Any], None]) -> None:
     )
 
 
-def _metric(name: str) -> Callable[[], Any]:
+def _metric(name: str, module: str = "builtin") -> Callable[[], Any]:
     def factory() -> Any:
-        from ..metrics import builtin
+        import importlib
 
-        return getattr(builtin, name)
+        return getattr(importlib.import_module(f"xbench_core.metrics.{module}"), name)
 
     factory.__name__ = f"{name}_factory"
     return factory
@@ -97,7 +97,21 @@ _METRICS = (
 )
 
 
+# metrics/extra.py: peers' metrics and the grounding protocols' values
+_EXTRA_METRICS = (
+    ("cnr", "grounding", ("cnr",), "Contrast-to-noise ratio |mean_in - mean_out| / sqrt(var_in + var_out) (BioViL, MS-CXR)"),
+    ("miou_raw", "grounding", ("miou_raw",), "Mean IoU over the raw thresholds 0.1..0.5 (MS-CXR, cosine maps)"),
+    ("pixel_prs", "grounding", ("pixel_precision", "pixel_recall", "pixel_specificity"),
+     "Pixel precision, recall and specificity, counts pooled over images (cheXlocalize)"),
+    ("protocol", "grounding", ("chexlocalize_iou", "chexlocalize_hit", "medklip_iou", "medklip_dice",
+                               "medklip_pointing", "mavl_iou", "mavl_dice", "mavl_threshold", "mavl_pointing"),
+     "The values of the run's grounding protocol (grounding.protocol), named <protocol>_<metric>"),
+)
+
+
 @hookimpl
 def xbench_register_metrics(register: Callable[[Any], None]) -> None:
     for name, kind, fields, summary in _METRICS:
         register(MetricSpec(name=name, summary=summary, factory=_metric(name), kind=kind, fields=fields))
+    for name, kind, fields, summary in _EXTRA_METRICS:
+        register(MetricSpec(name=name, summary=summary, factory=_metric(name, "extra"), kind=kind, fields=fields))

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..plugins import Registry
+from ..protocols import Protocol, parse_protocol, parse_tie_rule
 from ..types import Option
 from .faithfulness import FaithfulnessSettings
 from .image_cache import CacheSettings
@@ -26,13 +27,13 @@ TOP_LEVEL = {
     "models": "list of {name, checkpoint, text_encoder, ...options}",
     "explainers": "list of explainer names or {name, ...options} (default [native])",
     "metrics": "list of metric names (default: all installed)",
-    "grounding": "{fixed_threshold, eval_size, strata}",
+    "grounding": "{fixed_threshold, eval_size, strata, protocol, pointing}",
     "save_maps": "keep input-frame maps in the run directory (default true)",
     "image_cache": "keep decoded images on disk for later runs: true | DIR | {dir, max_gb, max_side}",
     "fail_fast": "stop at the first per-sample error",
     "faithfulness": "causal faithfulness pass: true | {steps, baseline, blur_sigma, noise, measures, random_order, sanity_steps}",
 }
-GROUNDING_KEYS = {"fixed_threshold": float, "eval_size": int, "strata": list}
+GROUNDING_KEYS = {"fixed_threshold": float, "eval_size": int, "strata": list, "protocol": str, "pointing": str}
 PRECISIONS = ("fp32", "bf16", "fp16")
 AUTO_BATCH = 64  # `batch_size: auto` on an accelerator: the first try, halved on out-of-memory
 DEFAULT_STRATA = (0.01, 0.1)  # small < 1% of the image, medium 1-10%, large >= 10%
@@ -70,6 +71,8 @@ class RunConfig:
     fail_fast: bool = False
     image_cache: CacheSettings | None = None
     faithfulness: FaithfulnessSettings | None = None  # off by default
+    protocol: Protocol = field(default_factory=Protocol)  # grounding.protocol (xbench_core.protocols)
+    pointing: str = "share"  # the pointing game's tie rule: share | any | first
 
     def evaluation_identity(self) -> dict[str, Any]:
         """What decides the records' values: two runs with the same identity may share a directory."""
@@ -84,13 +87,18 @@ class RunConfig:
             **({"image_max_side": self.image_cache.max_side}
                if self.image_cache is not None and self.image_cache.max_side is not None else {}),
             **({"faithfulness": self.faithfulness.as_dict()} if self.faithfulness is not None else {}),
+            # a protocol adds values to the records (the default adds none: old runs resume)
+            **({"protocol": {"name": self.protocol.name, **self.protocol.options}}
+               if self.protocol.name != "xbench" else {}),
         }
 
     def _explainer_options(self) -> dict[str, dict[str, Any]]:
         return {e: self.explainer_options[e] for e in self.explainers if self.explainer_options.get(e)}
 
     def as_dict(self) -> dict[str, Any]:
-        grounding: dict[str, Any] = {"fixed_threshold": self.fixed_threshold, "eval_size": self.eval_size}
+        grounding: dict[str, Any] = {"fixed_threshold": self.fixed_threshold, "eval_size": self.eval_size,
+                                     "protocol": {"name": self.protocol.name, **self.protocol.options},
+                                     "pointing": self.pointing}
         if self.strata != DEFAULT_STRATA:  # the default is stated in results.json's `analysis`
             grounding["strata"] = list(self.strata)
         return {
@@ -235,6 +243,8 @@ def build_config(
     ev = grounding.get("eval_size")
     cfg.eval_size = None if ev is None else _typed(ev, int, "grounding.eval_size", 1)
     cfg.strata = _strata(grounding.get("strata", list(DEFAULT_STRATA)))
+    cfg.protocol = parse_protocol(grounding.get("protocol"))
+    cfg.pointing = parse_tie_rule(grounding.get("pointing"))
     cfg.out = data.get("out")
     cfg.device = str(data.get("device", "auto"))
     cfg.precision = str(data.get("precision", "fp32"))

@@ -373,6 +373,7 @@ class Runner:
         import torch
 
         from ..grounding import evaluate_maps
+        from ..protocols import protocol_values
 
         dataset, split = where
         records: list[Record] = []
@@ -398,13 +399,16 @@ class Runner:
                 idx = torch.tensor([j for j, _ in finite], device=maps.device)
                 masks = [it["masks"][f] for _, f in finite]
                 stats = evaluate_maps(maps[b].index_select(0, idx), it["geometry"][m.name], it["eval_size"], masks)
-                for (_, f), st in zip(finite, stats.rows()):
+                for (j, f), st in zip(finite, stats.rows()):
                     if st["region_px"] == 0:
                         rows[f]["error"] = "region is empty at the eval frame (raise grounding.eval_size)"
                     else:
                         rows[f]["stats"] = st
                         if faith is not None:
                             rows[f]["faithfulness"] = faith.get((b, f)) if isinstance(faith, dict) else {"error": faith}
+                        if self.cfg.protocol.name != "xbench":
+                            st["extra"].update(protocol_values(
+                                self.cfg.protocol, maps[b, j], it["geometry"][m.name], it["masks"][f], rows[f]["score"]))
             for f, row in rows.items():
                 records.append(make_record(dataset, split, it["id"], m.name, explainer, f, len(rows), **row))
                 if row.get("error"):

@@ -53,10 +53,14 @@ def collect(
     records: Iterable[Mapping[str, Any]],
     fixed_threshold: float = 0.5,
     split_of: Callable[[Mapping[str, Any]], Any] | None = None,
+    pointing: str = "share",
+    protocol: str = "xbench",
 ) -> tuple[dict[FindingKey, FindingData], dict[GroupKey, dict[str, Any]]]:
     """Group records into FindingData per (dataset, split, model, explainer, finding), plus per-group
-    bookkeeping: error records and the per-image predictions for Hamming accuracy."""
+    bookkeeping: error records and the per-image predictions for Hamming accuracy. `pointing` is
+    the pointing game's tie rule (share, any, first; see xbench_core.protocols)."""
     split_of = split_of or (lambda r: r.get("split"))
+    pg_key = "pointing_game" if pointing == "share" else f"pointing_{pointing}"
     cls: dict[tuple, list[tuple[int, float, str]]] = defaultdict(list)
     grd: dict[tuple, list[tuple[np.ndarray, np.ndarray, tuple, str]]] = defaultdict(list)
     extra: dict[GroupKey, dict[str, Any]] = defaultdict(
@@ -84,8 +88,9 @@ def collect(
                 (
                     np.asarray(st["hits_all"], np.int64),
                     np.asarray(st["hits_region"], np.int64),
-                    (st["region_px"], st["total_px"], st["pointing_game"], st["ebpg"]),
+                    (st["region_px"], st["total_px"], st.get(pg_key, st["pointing_game"]), st["ebpg"]),
                     r["id"],
+                    st.get("extra") or {},
                 )
             )
         else:
@@ -110,8 +115,25 @@ def collect(
             fixed_threshold=fixed_threshold,
             image_ids=np.array([p[2] for p in pairs], object),
             region_ids=np.array([s[3] for s in grounded], object),
+            extra=stack_extra([s[4] for s in grounded]),
+            protocol=protocol,
         )
     return data, extra
+
+
+def stack_extra(rows: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Per key of the records' `stats["extra"]`, the values of all rows: scalars as float [m] (NaN
+    where a row has none), lists as [m, K] arrays."""
+    out: dict[str, np.ndarray] = {}
+    for key in sorted({k for r in rows for k in r}):
+        values = [r.get(key) for r in rows]
+        if any(isinstance(v, list) for v in values):
+            if any(not isinstance(v, list) for v in values):
+                continue  # a sweep some records lack: nothing to aggregate
+            out[key] = np.array(values, np.float64)
+        else:
+            out[key] = np.array([np.nan if v is None else float(v) for v in values], np.float64)
+    return out
 
 
 def _sort_key(key: tuple) -> tuple:
@@ -227,7 +249,7 @@ def _aggregate(
     from .faithfulness import Collector
 
     faithfulness = Collector(split_of)
-    data, extra = collect(faithfulness.tap(records), fixed_threshold, split_of)
+    data, extra = collect(faithfulness.tap(records), fixed_threshold, split_of, options.pointing, options.protocol)
     pairs = val_pairs(list(data))
     resampler = Resampler(options)
     analysed: dict[FindingKey, FindingAnalysis] = {}

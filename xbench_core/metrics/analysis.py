@@ -37,13 +37,19 @@ import numpy as np
 from ..schema import MEAN
 from . import bootstrap as bs
 from .data import FindingData, Undefined, as_json_value
+from .extra import EXTRA_CI, extra_resamples
 
 VAL_SPLITS = ("val", "valid", "validation", "dev")
 TEST_SPLITS = ("test",)
 GROUNDING_CI = (
     "pointing_game", "ebpg", "dice_fixed", "iou_fixed", "dice_best", "iou_best", "calibration_gap",
-    "dice_crossval", "iou_crossval", "dice_val", "iou_val",
+    "dice_crossval", "iou_crossval", "dice_val", "iou_val", *EXTRA_CI,
 )
+POINTING_RULES = {
+    "share": "the share of the map's maximal pixels that lie in the region",
+    "any": "1 when any maximal pixel lies in the region (MedKLIP, MAVL)",
+    "first": "1 when the first maximal pixel (row-major argmax) lies in the region (cheXlocalize)",
+}
 CLASSIFICATION_CI = ("auroc", "auprc", "f1", "f1_best", "accuracy", "accuracy_best")
 NO_REGIONS = "no positive image with a region"
 FindingKey = tuple[str, Any, str, str, str]  # dataset, split, model, explainer, finding
@@ -58,6 +64,8 @@ class AnalysisOptions:
     confidence: float = bs.CONFIDENCE
     strata: tuple[float, ...] = (0.01, 0.1)
     folds: int = 5
+    pointing: str = "share"  # the pointing game's tie rule (grounding.pointing)
+    protocol: str = "xbench"  # grounding.protocol's name
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> AnalysisOptions:
@@ -66,6 +74,8 @@ class AnalysisOptions:
         return cls(
             seed=int(config.get("seed") or 0),
             strata=tuple(float(b) for b in strata) if strata else cls.strata,
+            pointing=str(grounding.get("pointing") or "share"),
+            protocol=_protocol_name(grounding.get("protocol")),
         )
 
     def bins(self) -> list[tuple[str, float, float]]:
@@ -100,6 +110,7 @@ class AnalysisOptions:
                 "val": "tau tuned on the same dataset's validation split, applied to its test split",
             },
             "crossval_folds": self.folds,
+            "pointing_game": {"tie_rule": self.pointing, "rules": POINTING_RULES},
         }
 
 
@@ -123,6 +134,10 @@ class Resampler:
         if len(self._cache) > self.keep:
             self._cache.popitem(last=False)
         return w
+
+
+def _protocol_name(value: Any) -> str:
+    return value if isinstance(value, str) else str((value or {}).get("name", "xbench"))
 
 
 # ---- splits ---------------------------------------------------------------------------------------
@@ -279,6 +294,7 @@ def _block_resamples(block: _Block, weights: np.ndarray, grounding: Metrics) -> 
     values = bs.resamples(block.data, grounding, weights, extra=modes)
     if "dice_best" in values and "dice_fixed" in values:
         values["calibration_gap"] = values["dice_best"] - values["dice_fixed"]
+    values.update(extra_resamples(block.data, weights))
     return values
 
 

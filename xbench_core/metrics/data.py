@@ -45,6 +45,10 @@ class FindingData:
     image_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
     region_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
     _shared: dict[tuple[str, int], tuple[Any, Any]] | None = field(default=None, repr=False, compare=False)
+    # per grounding row, the values a protocol and the extra metrics recorded (`stats["extra"]`):
+    # [m] scalars (NaN where a value does not exist) or [m, K] counts (the MAVL sweep)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    protocol: str = "xbench"  # the grounding protocol the values were recorded under
 
     @property
     def n_regions(self) -> int:
@@ -137,6 +141,8 @@ class FindingData:
             fixed_threshold=self.fixed_threshold,
             image_ids=self.image_ids[c] if len(self.image_ids) else self.image_ids,
             region_ids=self.region_ids[g] if len(self.region_ids) else self.region_ids,
+            extra={k: v[g] for k, v in self.extra.items()},
+            protocol=self.protocol,
         )
 
     @staticmethod

@@ -1,0 +1,145 @@
+"""`xbench score`: precomputed maps scored into an ordinary run directory.
+
+The cheXlocalize test reads the 20 real sample pickles and the real ground truth from
+../shared/realdata (skipped when absent) and checks the values the official cheXlocalize pipeline
+(`heatmap_to_segmentation.py` then `eval.py --metric iou` / `--metric hitmiss`, commit 2a79492) gives
+on them, measured by running that pipeline (per task: mIoU over true positives, hit rate)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xbench_core.cli import main
+from xbench_core.testing import realdata
+
+# eval.py's iou_results_per_cxr.csv / hitmiss_results_per_cxr.csv on the sample (NaN rows left out
+# of each task's mean, as pandas does): {finding: (IoU, hit)}; None where every CXR is NaN.
+OFFICIAL = {
+    "cardiomegaly": (0.36620622920151663, 1.0),
+    "enlarged_cardiomediastinum": (0.46234707294166755, 1.0),
+    "lung_opacity": (0.0, 0.0),
+    "support_devices": (0.03329038603556568, 0.0),
+    "atelectasis": (None, None),
+    "consolidation": (None, None),
+    "edema": (None, None),
+    "lung_lesion": (None, None),
+    "pleural_effusion": (None, None),
+    "pneumothorax": (None, None),
+}
+
+
+@pytest.fixture
+def chexlocalize_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "CheXpert").mkdir(parents=True)
+    (root / "CheXlocalize").mkdir()
+    (root / "CheXpert" / "val_labels.csv").symlink_to(realdata("chexlocalize", "valid.csv"))
+    for name in ("gt_segmentations_val.json", "gt_annotations_val.json"):
+        (root / "CheXlocalize" / name).symlink_to(realdata("chexlocalize", name))
+    return root
+
+
+def _rows(out: Path) -> dict[str, dict]:
+    return {r["finding"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+
+
+def test_chexlocalize_protocol_matches_the_official_pipeline(chexlocalize_root: Path, tmp_path: Path) -> None:
+    pytest.importorskip("xbench_plugin_chexlocalize")
+    maps = realdata("chexlocalize", "gradcam_maps_val")
+    out = tmp_path / "run"
+    code = main(["score", "--dataset", "chexlocalize", "--set", f"chexlocalize.root={chexlocalize_root}",
+                 "--set", "chexlocalize.split=val", "--maps", str(maps), "--protocol", "chexlocalize",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    rows = _rows(out)
+    for finding, (iou, hit) in OFFICIAL.items():
+        row = rows[finding]
+        iou_field = next(k for k in row if k.endswith("_iou") and not k.endswith("_ci"))
+        hit_field = next(k for k in row if "hit" in k and not k.endswith("_ci"))
+        assert (iou_field, hit_field) == ("chexlocalize_iou", "chexlocalize_hit")
+        if iou is None:
+            assert row[iou_field] is None and row[hit_field] is None
+        else:
+            assert row[iou_field] == pytest.approx(iou, abs=1e-9)
+            assert row[hit_field] == hit
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["grounding"]["protocol"]["name"] == "chexlocalize"
+    assert manifest["problems"] == []
+    # the probabilities in the pickles are the scores: recognition rows exist
+    assert rows["cardiomegaly"]["n_images"] == 2
+
+
+def test_xbench_protocol_equals_the_run_path(tmp_path: Path) -> None:
+    """Maps the `center` baseline produces, given as files, score as `xbench run` scores them."""
+    ran = tmp_path / "ran"
+    assert main(["run", "--datasets", "phantom", "--models", "center", "--set", "phantom.size=6",
+                 "--set", "phantom.resolution=96", "--out", str(ran), "--quiet", "--no-report"]) == 0
+    c = (np.arange(14, dtype=np.float32) + 0.5) / 14 - 0.5
+    import torch
+
+    ct = torch.from_numpy(c)
+    g = torch.exp(-(ct[:, None] ** 2 + ct[None, :] ** 2) / (2 * 0.25**2)).numpy()
+    records = [json.loads(line) for p in sorted(ran.glob("records/*/*/*/*.jsonl")) for line in p.read_text().splitlines()]
+    keys = {f"{r['id']}|{r['finding']}": g for r in records if r.get("finding")}
+    np.savez(tmp_path / "maps.npz", **keys)
+    with open(tmp_path / "scores.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "finding", "score"])
+        for r in records:
+            if r.get("finding"):
+                w.writerow([r["id"], r["finding"], r["score"]])
+    scored = tmp_path / "scored"
+    assert main(["score", "--dataset", "phantom", "--set", "phantom.size=6", "--set", "phantom.resolution=96",
+                 "--maps", str(tmp_path / "maps.npz"), "--scores", str(tmp_path / "scores.csv"),
+                 "--frame", "squash:224", "--model", "center", "--explainer", "native",
+                 "--out", str(scored), "--quiet"]) == 0
+    a, b = _rows(ran), _rows(scored)
+    assert set(a) == set(b)
+    for finding in a:
+        for k in ("n_images", "n_regions", "pointing_game", "ebpg", "dice_fixed", "dice_best", "iou_fixed",
+                  "iou_best", "auroc", "pointing_game_ci", "dice_best_ci", "cnr", "pixel_recall"):
+            assert a[finding].get(k) == b[finding].get(k), (finding, k)
+
+
+def test_problems_are_listed_and_the_rest_scored(tmp_path: Path) -> None:
+    d = tmp_path / "maps"
+    d.mkdir()
+    from xbench_core.builtin.phantom import Phantom
+
+    ds = Phantom(size=4, resolution=64)
+    ids = ds.ids()
+    positives = [(s.id, f) for s in (ds.annotation(i) for i in range(len(ds))) for f in s.regions]
+    good = {f"{i}|{f}": np.random.default_rng(0).random((8, 8)).astype(np.float32) for i, f in positives[1:]}
+    bad = {positives[0][0]: {positives[0][1]: np.full((8, 8), np.nan, np.float32)}}
+    np.savez(d / "all.npz", **good)
+    np.save(d / f"{ids[0]}__not_a_finding.npy", np.zeros((8, 8), np.float32))
+    np.save(d / "nobody__cardiomegaly.npy", np.zeros((8, 8), np.float32))
+    (d / "broken.npy").write_bytes(b"not numpy")
+    from safetensors.numpy import save_file
+
+    save_file({f"{k}": v for k, v in bad[positives[0][0]].items()}, str(d / f"{positives[0][0]}.safetensors"))
+    out = tmp_path / "run"
+    assert main(["score", "--dataset", "phantom", "--set", "phantom.size=4", "--set", "phantom.resolution=64",
+                 "--maps", str(d), "--out", str(out), "--quiet"]) == 0
+    problems = json.loads((out / "manifest.json").read_text())["problems"]
+    text = "\n".join(f"{p['file']}: {p['problem']}" for p in problems)
+    assert "broken.npy: cannot read" in text
+    assert "not_a_finding" in text and "nobody: not an image of phantom" in text
+    assert f"{positives[0][0]} / {positives[0][1]}: map has NaN" in text
+    results = json.loads((out / "results.json").read_text())
+    assert any(e["error"] == "map has NaN or infinite values" for e in results["errors"])
+    assert sum(r["n_regions"] for r in results["rows"] if r["finding"] != "__mean__") == len(positives) - 1
+
+
+def test_score_needs_readable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["score", "--dataset", "phantom", "--maps", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "--maps" in capsys.readouterr().err
+    np.save(tmp_path / "a__cardiomegaly.npy", np.zeros((4, 4), np.float32))
+    assert main(["score", "--dataset", "phantom", "--maps", str(tmp_path), "--frame", "squash", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "--frame" in capsys.readouterr().err
