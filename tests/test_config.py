@@ -36,7 +36,7 @@ def test_defaults(registry):
     assert (cfg.limit, cfg.seed, cfg.fixed_threshold, cfg.eval_size) == (None, 0, 0.5, None)
     assert cfg.save_maps is True and cfg.fail_fast is False and cfg.out is None
     d = cfg.as_dict()
-    assert d["grounding"] == {"fixed_threshold": 0.5, "eval_size": None}
+    assert d["grounding"] == {"fixed_threshold": 0.5, "eval_size": None, "protocol": {"name": "xbench"}, "pointing": "share"}
     assert d["datasets"] == [{"name": "phantom", "size": 200, "seed": 0, "resolution": 512, "split": "test"}]
 
 

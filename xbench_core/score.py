@@ -293,6 +293,9 @@ def score_records(
     for i, f in sorted(scores):
         if i not in known:
             problems.append({"file": "--scores", "problem": f"{i}: not an image of {dataset.name}; skipped"})
+    by_image: dict[str, list[tuple[str, MapEntry]]] = defaultdict(list)
+    for (i, f), entry in maps.items():
+        by_image[i].append((f, entry))
     order = sorted(range(len(ids)), key=lambda k: ids[k])
     if cfg.limit is not None:
         order = order[: cfg.limit]
@@ -321,8 +324,8 @@ def score_records(
             elif row.get("error") and label == 1 and region is not None:
                 problems.append({"file": "--maps", "problem": f"{sid} / {f}: {row['error']}"})
             rows[f] = row
-        for (i, f), entry in maps.items():
-            if i == sid and f not in rows:
+        for f, entry in by_image.get(sid, []):
+            if f not in rows:
                 problems.append({"file": entry.file, "problem": f"{sid} / {f}: the dataset has no label for it; skipped"})
         for f, row in rows.items():
             records.append({"dataset": dataset.name, "id": sid, "model": model, "explainer": explainer,
