@@ -22,7 +22,8 @@ from xbench_core.plugins import get_registry
 from xbench_core.testing import temporary_plugin
 from xbench_core.types import DatasetSpec, ModelSpec
 
-BUILTIN_METRICS = {"pointing_game", "ebpg", "dice", "iou", "auroc", "auprc", "f1", "accuracy"}
+BUILTIN_METRICS = {"pointing_game", "ebpg", "dice", "iou", "auroc", "auprc", "f1", "accuracy",
+                   "cnr", "miou_raw", "pixel_prs", "protocol"}
 NONE = "xbench-no-such-distribution"  # an allow-list that admits no installed plugin
 
 

@@ -305,3 +305,47 @@ def test_run_with_a_protocol_and_a_tie_rule(tmp_path: Path) -> None:
         assert r["medklip_pointing"] == pytest.approx(np.mean([s["extra"]["medklip_pointing"] for s in stats]))
     assert all(r["medklip_iou"] is not None and "medklip_iou_ci" in r for r in rows)
     assert results["analysis"]["pointing_game"]["tie_rule"] == "any"
+
+
+def test_chexlocalize_tuning_equals_tune_heatmap_threshold() -> None:
+    """tune_heatmap_threshold.py: for t in arange(0.2, 0.8, 0.1) (0.2 ... 0.8), mIoU (true positives only, NaN left
+    out) of `map > t`; the first best t (saved rounded to 0.1) and its mIoU."""
+    rng = np.random.default_rng(7)
+    rows, per_t = [], []
+    for k, small in enumerate(_maps(rng, 7, (6, 6))):
+        size = (24, 20)
+        region = _box(size, rng)
+        geometry = Geometry.squash(size, small.shape)
+        rows.append(P.protocol_values(P.parse_protocol("chexlocalize"), small, geometry, region))
+        resized = torch.nn.functional.interpolate(torch.from_numpy(small)[None, None], size=size,
+                                                  mode="bilinear", align_corners=False)[0, 0]
+        mask = resized - resized.min()
+        mask = (mask / mask.max()).numpy()
+        ious = []
+        for t in np.arange(0.2, 0.8, 0.1):
+            pred = mask > np.float32(t)
+            ious.append(np.logical_and(pred, region).sum() / np.logical_or(pred, region).sum() if pred.sum() else np.nan)
+        per_t.append(ious)
+    miou = np.nanmean(np.array(per_t), axis=0)
+    best = int(np.nanargmax(miou))
+    d = FindingData(region_px=np.ones(7, np.int64), total_px=np.ones(7, np.int64),
+                    hits_all=np.zeros((7, 101), np.int64), hits_region=np.zeros((7, 101), np.int64),
+                    extra={key: np.array([r[key] for r in rows], np.float64) for key in rows[0] if key != "chexlocalize_iou"}
+                    | {"chexlocalize_iou": np.array([np.nan if r["chexlocalize_iou"] is None else r["chexlocalize_iou"] for r in rows])},
+                    protocol="chexlocalize")
+    got = protocol(d)
+    assert got["chexlocalize_threshold"] == round(float(np.arange(0.2, 0.8, 0.1)[best]), 1)
+    assert got["chexlocalize_iou_tuned"] == pytest.approx(miou[best], abs=1e-12)
+    assert extra_resamples(d, np.ones((1, 7)))["chexlocalize_iou_tuned"][0] == pytest.approx(miou[best], abs=1e-12)
+
+
+def test_chexlocalize_tuning_files(tmp_path: Path) -> None:
+    """The official tuning CSVs give per-finding thresholds and cutoffs (the best mIoU row per task)."""
+    (tmp_path / "t.csv").write_text("threshold,task\n0.3,Cardiomegaly\n0.5,Airspace Opacity\n")
+    (tmp_path / "p.csv").write_text("task,prob_threshold,mIoU\nCardiomegaly,0.1,0.2\nCardiomegaly,0.4,0.3\n"
+                                    "Cardiomegaly,0.6,0.3\n")
+    p = P.parse_protocol({"name": "chexlocalize", "threshold": str(tmp_path / "t.csv"), "prob_cutoff": str(tmp_path / "p.csv")})
+    assert p.value("threshold", "lung_opacity") == 0.5 and p.value("threshold", "edema") is None
+    assert p.value("prob_cutoff", "cardiomegaly") == 0.4
+    with pytest.raises(ConfigError):
+        P.parse_protocol({"name": "chexlocalize", "threshold": str(tmp_path / "none.csv")})

@@ -72,6 +72,24 @@ def test_chexlocalize_protocol_matches_the_official_pipeline(chexlocalize_root: 
     assert manifest["problems"] == []
     # the probabilities in the pickles are the scores: recognition rows exist
     assert rows["cardiomegaly"]["n_images"] == 2
+    # tune_heatmap_threshold.py (commit d9c2fad) on the sample: 0.3, 0.3, 0.2, 0.8 (and 0.2 for the
+    # tasks without a positive region); heatmap_to_segmentation.py --threshold_path with them, then
+    # eval.py, gives these IoUs
+    tuned = {"cardiomegaly": (0.3, 0.3665913623461847), "enlarged_cardiomediastinum": (0.3, 0.46106360212653025),
+             "lung_opacity": (0.2, 0.0), "support_devices": (0.8, 0.05667319921609407)}
+    for finding, (threshold, iou) in tuned.items():
+        assert rows[finding]["chexlocalize_threshold"] == threshold
+        assert rows[finding]["chexlocalize_iou_tuned"] == pytest.approx(iou, abs=1e-9)
+    csv_path = tmp_path / "tuning_results.csv"
+    csv_path.write_text("threshold,task\n" + "".join(f"{t},{n}\n" for n, t in (
+        ("Airspace Opacity", 0.2), ("Cardiomegaly", 0.3), ("Enlarged Cardiomediastinum", 0.3), ("Support Devices", 0.8))))
+    config = tmp_path / "tuned.yaml"
+    config.write_text(f"grounding:\n  protocol: {{name: chexlocalize, threshold: {csv_path}}}\n")
+    assert main(["score", "-c", str(config), "--dataset", "chexlocalize", "--set", f"chexlocalize.root={chexlocalize_root}",
+                 "--set", "chexlocalize.split=val", "--maps", str(maps), "--out", str(tmp_path / "tuned"), "--quiet"]) == 0
+    rows = _rows(tmp_path / "tuned")
+    for finding, (_, iou) in tuned.items():
+        assert rows[finding]["chexlocalize_iou"] == pytest.approx(iou, abs=1e-9)
 
 
 def test_xbench_protocol_equals_the_run_path(tmp_path: Path) -> None:

@@ -54,18 +54,28 @@ PROTOCOLS = {
 TIE_RULES = ("share", "any", "first")
 # The MAVL sweep, as its test.py builds it (float64 arange, compared in float32 by torch).
 MAVL_THRESHOLDS = np.arange(0.0001, 0.1, 0.00001).astype(np.float32)
+# cheXlocalize tune_heatmap_threshold.py: np.arange(0.2, .8, .1), which float rounding makes 0.2 ... 0.8
+CHEXLOCALIZE_TUNING = np.arange(0.2, 0.8, 0.1).astype(np.float32)
 RAW_THRESHOLDS = np.array([0.1, 0.2, 0.3, 0.4, 0.5], np.float32)  # MS-CXR mIoU on cosine maps
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """A protocol and its options (validated)."""
+    """A protocol and its options (validated): `options` as given (for the manifest and the run's
+    identity), `per_finding` the per-finding values read from them (cheXlocalize's tuning CSVs)."""
 
     name: str = "xbench"
     options: dict[str, Any] = field(default_factory=dict)
+    per_finding: dict[str, dict[str, float]] = field(default_factory=dict, compare=False, repr=False)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.options, "definition": PROTOCOLS[self.name]}
+
+    def value(self, key: str, finding: str | None) -> Any:
+        """An option's value for one finding (a number, or null)."""
+        if key in self.per_finding:
+            return self.per_finding[key].get(finding or "")
+        return self.options.get(key)
 
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -74,10 +84,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "medklip": {"threshold": 0.008},
     "mavl": {},
 }
+# cheXlocalize's tuning files: the column each option reads (probability cutoffs: the row of the
+# best mIoU per task, as heatmap_to_segmentation.py picks it)
+_TUNING_COLUMNS = {"threshold": "threshold", "prob_cutoff": "prob_threshold"}
 
 
 def parse_protocol(value: Any) -> Protocol:
-    """`grounding.protocol`: a name, or {name, ...options} (e.g. {name: chexlocalize, threshold: 0.4})."""
+    """`grounding.protocol`: a name, or {name, ...options} (e.g. {name: chexlocalize, threshold: 0.4}).
+    cheXlocalize's `threshold` and `prob_cutoff` may also be {finding: value} or the path of the
+    official tuning CSV (`tuning_results.csv`: task,threshold; `probability_tuning_results.csv`:
+    task,prob_threshold,mIoU)."""
     if value is None:
         return Protocol()
     if isinstance(value, str):
@@ -88,6 +104,7 @@ def parse_protocol(value: Any) -> Protocol:
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown grounding protocol {name!r} (valid: {', '.join(PROTOCOLS)})")
     options = dict(DEFAULTS[name])
+    per_finding: dict[str, dict[str, float]] = {}
     for key, v in value.items():
         if key == "name":
             continue
@@ -97,13 +114,51 @@ def parse_protocol(value: Any) -> Protocol:
         if key == "true_pos_only":
             if not isinstance(v, bool):
                 raise ConfigError(f"grounding.protocol.true_pos_only must be true or false, got {v!r}")
+        elif name == "chexlocalize" and isinstance(v, (str, dict)):
+            per_finding[key] = _per_finding(key, v)
         elif v is not None:
-            try:
-                v = float(v)
-            except (TypeError, ValueError):
-                raise ConfigError(f"grounding.protocol.{key} must be a number, got {v!r}") from None
+            v = _number(key, v)
         options[key] = v
-    return Protocol(name, options)
+    return Protocol(name, options, per_finding)
+
+
+def _number(key: str, v: Any) -> float:
+    if isinstance(v, bool):
+        raise ConfigError(f"grounding.protocol.{key} must be a number, got {v!r}")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"grounding.protocol.{key} must be a number, got {v!r}") from None
+
+
+def _per_finding(key: str, v: str | dict) -> dict[str, float]:
+    from .findings import canonical
+
+    if isinstance(v, dict):
+        return {canonical(str(f)): _number(key, x) for f, x in v.items()}
+    import csv
+    from pathlib import Path
+
+    path = Path(v).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"grounding.protocol.{key}: {path} is not a file (a number, {{finding: value}} or "
+                          "cheXlocalize's tuning CSV)")
+    column = _TUNING_COLUMNS[key]
+    best: dict[str, tuple[float, float]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not {"task", column} <= set(reader.fieldnames or []):
+            raise ConfigError(f"{path}: needs the columns task and {column} (cheXlocalize's tuning CSV)")
+        for line, row in enumerate(reader, start=2):
+            try:
+                finding = canonical(row["task"])
+                x = float(row[column])
+                score = float(row["mIoU"]) if "mIoU" in row and row["mIoU"] not in (None, "") else 0.0
+            except (ConfigError, ValueError) as exc:
+                raise ConfigError(f"{path} line {line}: {exc}") from None
+            if finding not in best or score > best[finding][1]:  # idxmax: the first best row
+                best[finding] = (x, score)
+    return {f: x for f, (x, _) in best.items()}
 
 
 def parse_tie_rule(value: Any) -> str:
@@ -238,17 +293,15 @@ def chexlocalize_values(
     low = values.min()
     shifted = values - low
     top = shifted.max()
-    norm = shifted / top  # as the official code: a constant map gives NaN and predicts nothing
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = shifted / top  # as the official code: a constant map gives NaN and predicts nothing
     if prob is not None and prob < prob_cutoff:
         pred = np.zeros(values.shape, bool)
     elif threshold is None:
-        with np.errstate(invalid="ignore"):
-            scaled = (np.float32(255) * norm).astype(np.uint8) if top > 0 else np.zeros(values.shape, np.uint8)
-        level = otsu_threshold(scaled)
-        pred = fill_contours(scaled > level)
+        scaled = (np.float32(255) * norm).astype(np.uint8) if top > 0 else np.zeros(values.shape, np.uint8)
+        pred = fill_contours(scaled > otsu_threshold(scaled))
     else:
-        with np.errstate(invalid="ignore"):
-            pred = norm > np.float32(threshold) if top > 0 else np.zeros(values.shape, bool)
+        pred = norm > np.float32(threshold) if top > 0 else np.zeros(values.shape, bool)
     tp = int(np.count_nonzero(pred & region))
     n_pred, n_region = int(np.count_nonzero(pred)), int(np.count_nonzero(region))
     union = n_pred + n_region - tp
@@ -257,10 +310,17 @@ def chexlocalize_values(
     else:
         iou = tp / union if union else None
     fp, fn = n_pred - tp, n_region - tp
+    # the tuning sweep (no gating, as tune_heatmap_threshold.py): per threshold, TP and predicted
+    pred_n, tp_n = [], []
+    for t in CHEXLOCALIZE_TUNING:
+        above = norm > t if top > 0 else np.zeros(values.shape, bool)
+        pred_n.append(int(np.count_nonzero(above)))
+        tp_n.append(int(np.count_nonzero(above & region)))
     return {
         "chexlocalize_iou": iou,
         "chexlocalize_hit": hit,
         "px_tp": tp, "px_fp": fp, "px_fn": fn, "px_tn": int(values.size - tp - fp - fn),
+        "chexlocalize_sweep_tp": tp_n, "chexlocalize_sweep_pred": pred_n,
     }
 
 
@@ -327,7 +387,7 @@ def at_frame(geometry: Geometry, size: tuple[int, int]) -> Geometry:
 
 def protocol_values(
     protocol: Protocol, values: Any, geometry: Geometry, region_original: Any,
-    prob: float | None = None,
+    prob: float | None = None, finding: str | None = None,
 ) -> dict[str, Any]:
     """The protocol's values for one map given on the model-input frame (`values` [gh, gw]) and its
     region on the original image (or on a scaled copy of it: the geometry follows the mask's size).
@@ -341,8 +401,8 @@ def protocol_values(
     if protocol.name == "chexlocalize":
         frame = to_original_frame(values, geometry)
         return chexlocalize_values(
-            frame, region_original.astype(bool), threshold=opts.get("threshold"), prob=prob,
-            prob_cutoff=opts.get("prob_cutoff", 0.0), true_pos_only=opts.get("true_pos_only", True),
+            frame, region_original.astype(bool), threshold=protocol.value("threshold", finding), prob=prob,
+            prob_cutoff=protocol.value("prob_cutoff", finding) or 0.0, true_pos_only=opts.get("true_pos_only", True),
         )
     if protocol.name in ("medklip", "mavl"):
         region = region_in_input_frame(region_original, geometry)

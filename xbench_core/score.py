@@ -277,12 +277,13 @@ def _image_size(dataset: Any, sample: Any) -> tuple[int, int]:
 def score_records(
     dataset: Any, maps: dict[tuple[str, str], MapEntry], scores: dict[tuple[str, str], float],
     *, frame: tuple[str, tuple[int, ...]], cfg: Any, model: str, explainer: str,
-    problems: list[dict[str, str]],
+    problems: list[dict[str, str]], split: str | None = None,
 ) -> list[dict[str, Any]]:
     """The records of every dataset image that has a map or a score, as the runner writes them."""
     from .engine.runner import eval_size
     from .grounding import evaluate_maps
     from .protocols import protocol_values
+    from .schema import make_record
 
     ids = dataset.ids()
     known = set(ids)
@@ -318,7 +319,7 @@ def score_records(
                 row["score"], row["error"] = None, "score is NaN or infinite"
             region = sample.regions.get(f)
             if label == 1 and region is not None and "error" not in row:
-                row.update(_grounding(entry, region, original, size, frame, cfg, protocol_values, evaluate_maps))
+                row.update(_grounding(entry, region, original, size, frame, cfg, protocol_values, evaluate_maps, f))
             if row.get("error") and entry is not None:
                 problems.append({"file": entry.file, "problem": f"{sid} / {f}: {row['error']}"})
             elif row.get("error") and label == 1 and region is not None:
@@ -328,16 +329,15 @@ def score_records(
             if f not in rows:
                 problems.append({"file": entry.file, "problem": f"{sid} / {f}: the dataset has no label for it; skipped"})
         for f, row in rows.items():
-            records.append({"dataset": dataset.name, "id": sid, "model": model, "explainer": explainer,
-                            "finding": f, "n": len(rows), **row, "stats": row.get("stats"), "error": row.get("error")})
+            records.append(make_record(dataset.name, split, sid, model, explainer, f, len(rows), **row))
         if not rows:
-            records.append({"dataset": dataset.name, "id": sid, "model": model, "explainer": explainer,
-                            "finding": None, "n": 1, "label": None, "score": None, "stats": None, "error": None})
+            records.append(make_record(dataset.name, split, sid, model, explainer, None, 1))
     return records
 
 
 def _grounding(entry: MapEntry | None, region: Any, original: tuple[int, int], size: tuple[int, int],
-               frame: tuple[str, tuple[int, ...]], cfg: Any, protocol_values: Any, evaluate_maps: Any) -> dict[str, Any]:
+               frame: tuple[str, tuple[int, ...]], cfg: Any, protocol_values: Any, evaluate_maps: Any,
+               finding: str) -> dict[str, Any]:
     if entry is None:
         return {"error": "no map for this positive finding"}
     values = np.squeeze(np.asarray(entry.values, np.float32))
@@ -356,7 +356,7 @@ def _grounding(entry: MapEntry | None, region: Any, original: tuple[int, int], s
     if st["region_px"] == 0:
         return {"error": "region is empty at the eval frame (raise grounding.eval_size)"}
     if cfg.protocol.name != "xbench":
-        st["extra"].update(protocol_values(cfg.protocol, values, geometry, mask, entry.prob))
+        st["extra"].update(protocol_values(cfg.protocol, values, geometry, mask, entry.prob, finding))
     return {"stats": st}
 
 
@@ -365,6 +365,7 @@ def run_score(args: Any, registry: Any) -> int:
     from .engine.config import build_config, load_yaml
     from .engine.session import rebuild_results, versions
     from .engine.runner import _jsonable
+    from .schema import SCHEMA_VERSION
     from .store import RunStore
 
     data = load_yaml(args.config) if args.config else {}
@@ -404,10 +405,11 @@ def run_score(args: Any, registry: Any) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     records = score_records(dataset, maps, scores, frame=frame, cfg=cfg, model=args.model,
-                            explainer=args.explainer, problems=problems)
+                            explainer=args.explainer, problems=problems, split=comp.options.get("split"))
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     manifest = {
         "xbench": versions(registry)["plugins"].get("xbench"),
+        "schema": SCHEMA_VERSION,
         "config": _jsonable(cfg.as_dict()),
         "identity": _jsonable(cfg.evaluation_identity()),
         "versions": versions(registry),

@@ -103,7 +103,8 @@ _EXTRA_METRICS = (
     ("miou_raw", "grounding", ("miou_raw",), "Mean IoU over the raw thresholds 0.1..0.5 (MS-CXR, cosine maps)"),
     ("pixel_prs", "grounding", ("pixel_precision", "pixel_recall", "pixel_specificity"),
      "Pixel precision, recall and specificity, counts pooled over images (cheXlocalize)"),
-    ("protocol", "grounding", ("chexlocalize_iou", "chexlocalize_hit", "medklip_iou", "medklip_dice",
+    ("protocol", "grounding", ("chexlocalize_iou", "chexlocalize_hit", "chexlocalize_iou_tuned",
+                               "chexlocalize_threshold", "medklip_iou", "medklip_dice",
                                "medklip_pointing", "mavl_iou", "mavl_dice", "mavl_threshold", "mavl_pointing"),
      "The values of the run's grounding protocol (grounding.protocol), named <protocol>_<metric>"),
 )

@@ -408,7 +408,7 @@ class Runner:
                             rows[f]["faithfulness"] = faith.get((b, f)) if isinstance(faith, dict) else {"error": faith}
                         if self.cfg.protocol.name != "xbench":
                             st["extra"].update(protocol_values(
-                                self.cfg.protocol, maps[b, j], it["geometry"][m.name], it["masks"][f], rows[f]["score"]))
+                                self.cfg.protocol, maps[b, j], it["geometry"][m.name], it["masks"][f], rows[f]["score"], f))
             for f, row in rows.items():
                 records.append(make_record(dataset, split, it["id"], m.name, explainer, f, len(rows), **row))
                 if row.get("error"):

@@ -21,9 +21,9 @@ MEAN_FIELDS = (
 )
 PIXEL_FIELDS = ("pixel_precision", "pixel_recall", "pixel_specificity")
 MAVL_FIELDS = ("mavl_iou", "mavl_dice")
-EXTRA_CI = MEAN_FIELDS + PIXEL_FIELDS + MAVL_FIELDS
+EXTRA_CI = MEAN_FIELDS + PIXEL_FIELDS + MAVL_FIELDS + ("chexlocalize_iou_tuned",)
 PROTOCOL_FIELDS = {
-    "chexlocalize": ("chexlocalize_iou", "chexlocalize_hit"),
+    "chexlocalize": ("chexlocalize_iou", "chexlocalize_hit", "chexlocalize_iou_tuned", "chexlocalize_threshold"),
     "medklip": ("medklip_iou", "medklip_dice", "medklip_pointing"),
     "mavl": ("mavl_iou", "mavl_dice", "mavl_threshold", "mavl_pointing"),
 }
@@ -78,6 +78,22 @@ def _mavl_curves(d: FindingData) -> tuple[np.ndarray, np.ndarray]:
     return dice, iou
 
 
+def _chexlocalize_ious(d: FindingData) -> np.ndarray:
+    """[m, 6] IoU at each tuning threshold, NaN where the prediction or the region is empty."""
+    tp, pred = d.extra["chexlocalize_sweep_tp"], d.extra["chexlocalize_sweep_pred"]
+    region = (d.extra["px_tp"] + d.extra["px_fn"])[:, None]
+    union = pred + region - tp
+    ok = (pred > 0) & (region > 0)
+    return np.where(ok, tp / np.where(ok, union, 1.0), np.nan)
+
+
+def _best_of(miou: np.ndarray) -> np.ndarray:
+    """Row-wise index of the first maximum, NaN columns left out (-1 where all are NaN)."""
+    filled = np.where(np.isnan(miou), -np.inf, miou)
+    k = np.argmax(filled, axis=-1)
+    return np.where(np.isfinite(np.take_along_axis(filled, k[..., None], -1)[..., 0]), k, -1)
+
+
 def protocol(d: FindingData) -> dict:
     """The fields of the protocol whose values the records hold (`<protocol>_<metric>`)."""
     out: dict[str, Any] = {}
@@ -97,9 +113,31 @@ def protocol(d: FindingData) -> dict:
                         "mavl_threshold": float(MAVL_THRESHOLDS[k]),
                         "mavl_pointing": _mean(d, "mavl_pointing", reason)})
             continue
+        if name == "chexlocalize":
+            fields = fields[:2]
+            out.update(_chexlocalize_tuned(d))
         out.update({f: _mean(d, f, reason if "hit" not in f and "iou" not in f else
                              "no image with both a prediction and a region") for f in fields})
     return out
+
+
+def _chexlocalize_tuned(d: FindingData) -> dict[str, Any]:
+    """tune_heatmap_threshold.py on these images: the threshold of 0.2 ... 0.8 with the best mIoU
+    (true positives only) and that mIoU."""
+    if "chexlocalize_sweep_tp" not in d.extra or not d.n_regions:
+        u = Undefined("no positive image with a region")
+        return {"chexlocalize_iou_tuned": u, "chexlocalize_threshold": u}
+    from ..protocols import CHEXLOCALIZE_TUNING
+
+    ious = _chexlocalize_ious(d)
+    with np.errstate(invalid="ignore"):
+        miou = np.nanmean(ious, axis=0) if np.isfinite(ious).any() else np.full(ious.shape[1], np.nan)
+    k = int(_best_of(miou[None])[0])
+    if k < 0:
+        u = Undefined("no image with both a prediction and a region at any threshold")
+        return {"chexlocalize_iou_tuned": u, "chexlocalize_threshold": u}
+    return {"chexlocalize_iou_tuned": float(miou[k]),
+            "chexlocalize_threshold": round(float(CHEXLOCALIZE_TUNING[k]), 1)}
 
 
 def extra_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -118,6 +156,14 @@ def extra_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray
         for name, num, den in (("pixel_precision", tp, tp + fp), ("pixel_recall", tp, tp + fn),
                                ("pixel_specificity", tn, tn + fp)):
             out[name] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    if "chexlocalize_sweep_tp" in d.extra and d.n_regions:
+        ious = _chexlocalize_ious(d)
+        finite = np.isfinite(ious)
+        num = weights @ np.where(finite, ious, 0.0)
+        den = weights @ finite.astype(np.float64)
+        miou = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        k = _best_of(miou)
+        out["chexlocalize_iou_tuned"] = np.where(k >= 0, miou[np.arange(len(k)), np.maximum(k, 0)], np.nan)
     if "mavl_sweep_all" in d.extra and d.n_regions:
         dice, iou = _mavl_curves(d)
         total = weights.sum(axis=1)
