@@ -560,3 +560,16 @@ def test_faithfulness_table_marks_lower_deletion_auc_best() -> None:
     assert (marks[(1, "deletion_auc")], marks[(2, "deletion_auc")]) == ("best", "second")  # lower is better
     assert (marks[(0, "insertion_auc")], marks[(2, "insertion_auc")]) == ("best", "second")
     assert not any(k == "deletion_auc_random" for _, k in marks)  # a control: not ranked
+
+
+def test_report_states_protocol_and_tie_rule() -> None:
+    from xbench_core.report.html import protocol_html
+
+    results = {"config": {"grounding": {"protocol": {"name": "chexlocalize", "threshold": 0.4}, "pointing": "first"}},
+               "analysis": {"pointing_game": {"tie_rule": "first"}},
+               "rows": [{"dataset": "d", "model": "m", "explainer": "e", "finding": "cardiomegaly",
+                         "chexlocalize_iou": 0.25, "chexlocalize_hit": 1.0}]}
+    html = protocol_html(results)
+    assert "<b>chexlocalize</b> (threshold: 0.4)" in html and "tie rule: <b>first</b>" in html
+    assert "chexlocalize_iou" in html and "0.250" in html
+    assert "<b>xbench</b>" in protocol_html({"rows": []})

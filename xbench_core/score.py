@@ -348,7 +348,8 @@ def _grounding(entry: MapEntry | None, region: Any, original: tuple[int, int], s
     if entry.original_size is not None and tuple(entry.original_size) != tuple(original):
         return {"error": f"map is for a {entry.original_size[1]}x{entry.original_size[0]} image, "
                          f"the dataset's image is {original[1]}x{original[0]}"}
-    geometry = frame_geometry(frame, original, values.shape)
+    # a cheXlocalize pickle's map covers the whole CXR whatever --frame says
+    geometry = frame_geometry(("original", ()) if entry.original_size is not None else frame, original, values.shape)
     mask = region.rasterize(size)
     import torch
 

@@ -147,6 +147,7 @@ def render(
     body.append("<h1>XBench report</h1>")
     body.append(f'<p>Run(s): {", ".join(_e(r) for r in runs if r)} · results created {_e(results.get("created", ""))} · '
                 f'xbench {_e(results.get("xbench") or "")}</p>')
+    body.append(protocol_html(results))
     body.append('<div id="image-errors" class="warning" hidden></div>')
     if flagged:
         body.append(f'<div class="warning"><b>Random weights</b> (a smoke test, not a real result): {_e(", ".join(flagged))}</div>')
@@ -275,4 +276,29 @@ def _finding_summary(rows: Sequence[dict[str, Any]]) -> str:
                    f'<td>{r.get("n_regions", 0)}</td>' + "".join(cell(k) for k in ("pointing_game", "dice_fixed", "dice_best", "best_threshold", "dice_crossval", "auroc"))
                    + f'<td>{r.get("n_constant_maps", 0)}</td></tr>')
     out.append("</tbody></table>")
+    return "".join(out)
+
+
+def protocol_html(results: dict[str, Any]) -> str:
+    """The run's grounding protocol and pointing-game tie rule, and the protocol's fields per row."""
+    from ..metrics.extra import PROTOCOL_FIELDS
+
+    grounding = (results.get("config") or {}).get("grounding") or {}
+    proto = grounding.get("protocol") or "xbench"
+    name = proto if isinstance(proto, str) else str(proto.get("name", "xbench"))
+    options = {} if isinstance(proto, str) else {k: v for k, v in proto.items() if k != "name"}
+    tie = ((results.get("analysis") or {}).get("pointing_game") or {}).get("tie_rule") or grounding.get("pointing") or "share"
+    shown = ", ".join(f"{k}: {v}" for k, v in options.items())
+    out = [f'<p>Grounding protocol: <b>{_e(name)}</b>{" (" + _e(shown) + ")" if shown else ""} · '
+           f'pointing game tie rule: <b>{_e(tie)}</b> (see README, "Comparing with published numbers")</p>']
+    fields = PROTOCOL_FIELDS.get(name, ())
+    rows = [r for r in results.get("rows", []) if any(r.get(f) is not None for f in fields)]
+    if rows:
+        out.append('<table class="results"><thead><tr><th>Dataset</th><th>Model</th><th>Explainer</th><th>Finding</th>'
+                   + "".join(f"<th>{_e(f)}</th>" for f in fields) + "</tr></thead><tbody>")
+        for r in rows:
+            cells = "".join(f"<td>{_e(fmt(r.get(f)))}</td>" for f in fields)
+            out.append(f'<tr data-model="{_e(r["model"])}"><td>{_e(r["dataset"])}</td><td>{_e(r["model"])}</td>'
+                       f'<td>{_e(r["explainer"])}</td><td>{_e(r["finding"])}</td>{cells}</tr>')
+        out.append("</tbody></table>")
     return "".join(out)
