@@ -38,6 +38,9 @@ class Stats(TypedDict):
     constant_map: bool
     hits_region: list[int]
     hits_all: list[int]
+    pointing_any: float  # the pointing game's other tie rules (grounding.pointing picks one)
+    pointing_first: float
+    extra: dict[str, Any]  # cnr, miou_raw and the grounding protocol's values (xbench_core.protocols)
 
 
 class Record(TypedDict):
