@@ -249,11 +249,11 @@ def _prompt_embedding(model, text):
 def test_map_and_score_by_hand(biomed):
     visual = biomed.module.visual
     layer = biomed.feature_layer()
-    assert layer.module is visual.trunk.blocks[-1]
+    assert layer.module is visual.trunk.blocks[-1].norm1  # its patch tokens reach the class token
     seen = {}
     hooks = [
         visual.trunk.norm.register_forward_hook(lambda m, i, o: seen.__setitem__("tokens", o)),
-        layer.module.register_forward_hook(lambda m, i, o: seen.__setitem__("block", o)),
+        visual.trunk.blocks[-1].register_forward_hook(lambda m, i, o: seen.__setitem__("block", o)),
     ]
     pixels = images(biomed, 1, seed=3)
     try:
@@ -334,3 +334,17 @@ def test_preprocess_matches_open_clip_transform(biomed):
     assert ours.shape == theirs.shape == (3, 224, 224)
     assert float((ours - theirs).abs().mean()) < 0.01
     assert geometry.input_size == (224, 224) and geometry.offset[0] == 0
+
+
+def test_feature_layer_patch_tokens_reach_the_logits(biomed):
+    """Every patch token of the feature layer has a gradient: CAMs there are not blank."""
+    layer = biomed.feature_layer()
+    seen = []
+    handle = layer.module.register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        logits = biomed.logits(images(biomed, 1), biomed.encode_queries(["pneumothorax"]))
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits.sum(), seen[0])
+    per_patch = layer.to_grid(grad).abs().sum(dim=1)
+    assert per_patch.shape == (1, 14, 14) and bool((per_patch > 0).all())

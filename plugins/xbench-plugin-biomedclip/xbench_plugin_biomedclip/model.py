@@ -105,7 +105,12 @@ class BiomedCLIP(PromptPairMixin, Model):
 
     # ---- gradient explainers -----------------------------------------------------------------
     def feature_layer(self) -> FeatureLayer:
-        """The last ViT block; tokens -> [B, 768, 14, 14] (class token dropped)."""
+        """The first LayerNorm of the last ViT block; tokens -> [B, 768, 14, 14] (class token dropped).
+
+        Not the last block's output: the pooled embedding is the class token after that block, so
+        its patch tokens have no path to the logits (zero gradient, blank CAMs); the input of the
+        last block's attention does (pytorch-grad-cam's ViT recipe, `blocks[-1].norm1`).
+        """
         trunk = self.module.visual.trunk
         to_grid = partial(_tokens_to_grid, grid=self.grid, prefix=int(trunk.num_prefix_tokens))
-        return FeatureLayer(trunk.blocks[-1], to_grid)
+        return FeatureLayer(trunk.blocks[-1].norm1, to_grid)

@@ -297,11 +297,14 @@ def _prompt_embedding(model, text):
 def test_vit_map_and_score_by_hand(vit):
     visual = vit.module.visual
     layer = vit.feature_layer()
-    assert layer.module is visual.transformer.resblocks[-1]
+    # the attention input of the last block: its patch tokens reach the pooled class token
+    assert layer.module is visual.transformer.resblocks[-1].ln_1
     seen = {}
     hooks = [
         visual.ln_post.register_forward_hook(lambda m, i, o: seen.__setitem__("tokens", o)),
-        layer.module.register_forward_hook(lambda m, i, o: seen.__setitem__("block", o)),
+        visual.transformer.resblocks[-1].register_forward_hook(
+            lambda m, i, o: seen.__setitem__("block", o)
+        ),
     ]
     pixels = images(vit, 1, seed=3)
     try:
@@ -310,7 +313,7 @@ def test_vit_map_and_score_by_hand(vit):
     finally:
         for hook in hooks:
             hook.remove()
-    # the feature layer is the block whose output ln_post normalizes, on the 14 x 14 grid
+    # to_grid on the last block's output, which ln_post normalizes, on the 14 x 14 grid
     grid = layer.to_grid(seen["block"])
     assert grid.shape == (1, 768, 14, 14)
     with torch.no_grad():
@@ -428,3 +431,17 @@ def test_preprocess_real_chexpert_image(vit):
     assert geometry.offset == (0, -round((resized_width - 224) / 2))
     theirs = _open_clip_transform(image)
     assert float((ours - theirs).abs().mean()) < 0.01
+
+
+def test_feature_layer_patch_tokens_reach_the_logits(vit):
+    """Every patch token of the feature layer has a gradient: CAMs there are not blank."""
+    layer = vit.feature_layer()
+    seen = []
+    handle = layer.module.register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        logits = vit.logits(images(vit, 1), vit.encode_queries(["pneumothorax"]))
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits.sum(), seen[0])
+    per_patch = layer.to_grid(grad).abs().sum(dim=1)
+    assert per_patch.shape == (1, 14, 14) and bool((per_patch > 0).all())

@@ -149,7 +149,13 @@ class OpenAICLIP(PromptPairMixin, Model):
 
     # ---- gradient explainers -----------------------------------------------------------------
     def feature_layer(self) -> FeatureLayer:
-        """ViT: the last residual block (tokens -> 14 x 14 grid); RN50: layer4 (7 x 7)."""
+        """ViT: the first LayerNorm of the last residual block (tokens -> 14 x 14 grid); RN50: layer4 (7 x 7).
+
+        Not the last block's output: the pooled embedding is the class token after that block, so
+        the patch tokens it outputs have no path to the logits (their gradient is exactly zero and
+        every CAM is blank). The input of the last block's attention does reach the class token;
+        it is the layer pytorch-grad-cam's ViT recipe uses (`blocks[-1].norm1`).
+        """
         visual = self.module.visual
         if self.tower == "vit":
             to_grid = partial(
@@ -157,5 +163,5 @@ class OpenAICLIP(PromptPairMixin, Model):
                 grid=tuple(visual.grid_size),
                 batch_first=bool(getattr(visual.transformer, "batch_first", True)),
             )
-            return FeatureLayer(visual.transformer.resblocks[-1], to_grid)
+            return FeatureLayer(visual.transformer.resblocks[-1].ln_1, to_grid)
         return FeatureLayer(visual.layer4, _identity)
