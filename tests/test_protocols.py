@@ -312,7 +312,7 @@ def test_chexlocalize_tuning_equals_tune_heatmap_threshold() -> None:
     out) of `map > t`; the first best t (saved rounded to 0.1) and its mIoU."""
     rng = np.random.default_rng(7)
     rows, per_t = [], []
-    for k, small in enumerate(_maps(rng, 7, (6, 6))):
+    for small in _maps(rng, 7, (6, 6)):
         size = (24, 20)
         region = _box(size, rng)
         geometry = Geometry.squash(size, small.shape)

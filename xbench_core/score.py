@@ -288,10 +288,10 @@ def score_records(
     ids = dataset.ids()
     known = set(ids)
     wanted = {i for i, _ in maps} | {i for i, _ in scores}
-    for (i, f), entry in sorted(maps.items()):
+    for (i, _finding), entry in sorted(maps.items()):
         if i not in known:
             problems.append({"file": entry.file, "problem": f"{i}: not an image of {dataset.name}; skipped"})
-    for i, f in sorted(scores):
+    for i, _finding in sorted(scores):
         if i not in known:
             problems.append({"file": "--scores", "problem": f"{i}: not an image of {dataset.name}; skipped"})
     by_image: dict[str, list[tuple[str, MapEntry]]] = defaultdict(list)
@@ -364,8 +364,8 @@ def _grounding(entry: MapEntry | None, region: Any, original: tuple[int, int], s
 def run_score(args: Any, registry: Any) -> int:
     """The `xbench score` command: read, score, write the run directory, aggregate, print."""
     from .engine.config import build_config, load_yaml
-    from .engine.session import rebuild_results, versions
     from .engine.runner import _jsonable
+    from .engine.session import rebuild_results, versions
     from .schema import SCHEMA_VERSION
     from .store import RunStore
 
