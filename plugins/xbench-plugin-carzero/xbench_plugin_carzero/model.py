@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from xbench_blocks.frozen_text import BIO_CLINICALBERT_SHAPE
 
 from xbench_core import AssetError, FeatureLayer, Geometry, Model, ModelOutput, UnsupportedFinding
 from xbench_core.assets import resolve_asset
@@ -39,15 +40,9 @@ CHECKPOINT_HINT = (
 )
 # Older transformers saved BERT's position ids as a buffer; the model has none now.
 POSITION_IDS = "text_encoder.model.embeddings.position_ids"
-# BioClinicalMPBERT's shape (BERT-base, cased vocabulary of 28996 word-pieces), for random weights.
-BERT_SHAPE = {
-    "vocab_size": 28996,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 512,
-}
+# BioClinicalMPBERT has Bio_ClinicalBERT's shape (BERT-base, cased vocabulary of 28996 word-pieces):
+# the random-weights text tower uses the library's table of it.
+BERT_SHAPE = BIO_CLINICALBERT_SHAPE
 
 
 @dataclass(frozen=True)
