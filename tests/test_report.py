@@ -236,6 +236,8 @@ def test_html_is_self_contained_and_every_link_resolves(run: Path) -> None:
         assert anchor in page.ids, anchor
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["versions"]["torch"] in html and "model-filter" in html
+    for name, version in {**manifest["versions"]["plugins"], **manifest["versions"]["libraries"]}.items():
+        assert f"{name}</dt><dd>{version}</dd>" in html, name
 
 
 # ---- merging runs ---------------------------------------------------------------------------------

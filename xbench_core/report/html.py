@@ -242,6 +242,8 @@ def render(
             body.append(f"<dt>{_e(label)}</dt><dd>{_e(value if value is not None else '-')}</dd>")
         for name, ver in (versions.get("plugins") or {}).items():
             body.append(f"<dt>plugin {_e(name)}</dt><dd>{_e(ver)}</dd>")
+        for name, ver in (versions.get("libraries") or {}).items():
+            body.append(f"<dt>library {_e(name)}</dt><dd>{_e(ver)}</dd>")
         for name, info in (man.get("models") or {}).items():
             if info.get("random_weights"):
                 body.append(f"<dt>{_e(name)}</dt><dd><b>random weights</b></dd>")
