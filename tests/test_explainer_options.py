@@ -78,8 +78,8 @@ def test_the_factory_gets_the_options_and_the_identity_guards_the_records(regist
     store, _ = execute(build_config({**base, "explainers": ["native", {"name": "scaled", "gain": 2}]}, registry),
                        registry, quiet=True)
     assert BUILT == [{"gain": 2.0, "mode": "plain"}]
-    native = store.load_map("phantom", "center", "native", "phantom-00000", "cardiomegaly")
-    scaled = store.load_map("phantom", "center", "scaled", "phantom-00000", "cardiomegaly")
+    native = store.load_map("phantom", "test", "center", "native", "phantom-00000", "cardiomegaly")
+    scaled = store.load_map("phantom", "test", "center", "scaled", "phantom-00000", "cardiomegaly")
     assert native is not None and float((scaled - 2 * native).abs().max()) == 0.0
     manifest = json.loads(store.manifest_path.read_text())
     assert manifest["config"]["explainers"][1] == {"name": "scaled", "gain": 2.0, "mode": "plain"}

@@ -451,7 +451,7 @@ def test_report_draws_the_gallery_from_the_run_directory_alone(tmp_path: Path) -
     store = RunStore(out)
     phantom = Phantom(size=6, resolution=80)
     keys = {f"{phantom.annotation(i).id}|{f}" for i in range(6) for f in phantom.annotation(i).regions}
-    maps, geometries = store.load_maps("phantom", "cropped", "native", keys)
+    maps, geometries = store.load_maps("phantom", "test", "cropped", "native", keys)
     assert maps and set(geometries) == {k.rpartition("|")[0] for k in maps}
     for i in range(6):
         sample = phantom[i]

@@ -51,3 +51,17 @@ def test_a_group_is_per_split(tmp_path: Path) -> None:
         ("", "b", 0.3), ("test", "a", 0.2), ("val", "a", 0.1)]
     assert store.completed() == {("d", "val", "a", "m", "native"), ("d", "test", "a", "m", "native"),
                                  ("d", None, "b", "m", "native")}
+
+
+def test_maps_are_kept_per_split(tmp_path: Path) -> None:
+    """Two splits of one dataset in a run may share a sample id: each keeps its own map."""
+    import torch
+
+    from xbench_core.geometry import Geometry
+
+    store = RunStore(tmp_path)
+    for split, value in (("val", 1.0), ("test", 2.0), (None, 3.0)):
+        store.save_maps("d", split, "m", "native", "0", {"a|x": torch.full((2, 2), value)}, {"a": Geometry.identity((2, 2))})
+    for split, value in (("val", 1.0), ("test", 2.0), (None, 3.0)):
+        assert float(store.load_map("d", split, "m", "native", "a", "x")[0, 0]) == value
+    assert store.load_map("d", "train", "m", "native", "a", "x") is None

@@ -41,7 +41,7 @@ class RunStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self._writers: dict[tuple[str, str, str, str], TextIO] = {}
-        self._map_counter: dict[tuple[str, str, str, str], int] = {}
+        self._map_counter: dict[tuple[str, str | None, str, str, str], int] = {}
 
     # ---- manifest and results ----------------------------------------------------------------
     @property
@@ -143,8 +143,14 @@ class RunStore:
         return sorted({p.parent for p in self.shard_files()})
 
     # ---- maps --------------------------------------------------------------------------------
+    def _map_folder(self, dataset: str, split: str | None, model: str, explainer: str) -> Path:
+        """maps/<dataset>/split-<split>/<model>/<explainer>: two splits of one dataset in a run may
+        share sample ids, so the split is part of a map's place."""
+        where = "split-none" if split is None else f"split-{_safe(str(split))}"
+        return self.directory / "maps" / _safe(dataset) / where / _safe(model) / _safe(explainer)
+
     def save_maps(
-        self, dataset: str, model: str, explainer: str, shard: str, maps: dict[str, Any],
+        self, dataset: str, split: str | None, model: str, explainer: str, shard: str, maps: dict[str, Any],
         geometries: dict[str, Any] | None = None,
     ) -> None:
         """Save a batch of input-frame maps ({"<id>|<finding>": [gh, gw] tensor}) as float16, with
@@ -154,9 +160,9 @@ class RunStore:
             return
         from safetensors.torch import save_file
 
-        key = (dataset, model, explainer, shard)
+        key = (dataset, split, model, explainer, shard)
         n = self._map_counter.get(key)
-        folder = self.directory / "maps" / _safe(dataset) / _safe(model) / _safe(explainer)
+        folder = self._map_folder(dataset, split, model, explainer)
         if n is None:
             folder.mkdir(parents=True, exist_ok=True)
             n = len(list(folder.glob(f"shard-{shard}-*.safetensors")))
@@ -169,12 +175,14 @@ class RunStore:
             save_file(tensors, str(tmp), metadata=meta)
             publish(tmp, target)
 
-    def load_map(self, dataset: str, model: str, explainer: str, sample_id: str, finding: str) -> Any:
+    def load_map(self, dataset: str, split: str | None, model: str, explainer: str, sample_id: str, finding: str) -> Any:
         """One cached map as a float32 tensor, or None."""
         key = f"{sample_id}|{finding}"
-        return self.load_maps(dataset, model, explainer, {key})[0].get(key)
+        return self.load_maps(dataset, split, model, explainer, {key})[0].get(key)
 
-    def load_maps(self, dataset: str, model: str, explainer: str, keys: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def load_maps(
+        self, dataset: str, split: str | None, model: str, explainer: str, keys: set[str],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Cached maps {"<id>|<finding>": float32 tensor} of one (dataset, model, explainer) and the
         Geometry of their images {"<id>": Geometry} (absent for maps saved without one), reading
         each map file once (the first file holding a key wins)."""
@@ -182,7 +190,7 @@ class RunStore:
 
         from .geometry import Geometry
 
-        folder = self.directory / "maps" / _safe(dataset) / _safe(model) / _safe(explainer)
+        folder = self._map_folder(dataset, split, model, explainer)
         maps: dict[str, Any] = {}
         geometries: dict[str, Any] = {}
         for path in sorted(folder.glob("shard-*.safetensors")):

@@ -420,7 +420,7 @@ class Runner:
                 records.append(make_record(dataset, split, it["id"], m.name, explainer, None, 1))
         self.store.append(dataset, m.name, explainer, self.shard, records)
         if saved:
-            self.store.save_maps(dataset, m.name, explainer, self.shard, saved, geometries)
+            self.store.save_maps(dataset, split, m.name, explainer, self.shard, saved, geometries)
 
     def _fail(self, where: Where, m: ModelRun, sample_id: str, reason: str, explainer: str | None = None) -> None:
         """The sample failed as a whole for this model (all its explainers, or one)."""

@@ -152,7 +152,7 @@ def _gallery(merged: Merged, folder: Path, root: Path, registry: Any, per_findin
                 continue
             maps, geometries = {}, {}
             for s in series:
-                maps[s], geometries[s] = sources[s].store.load_maps(dataset, s[0], s[1], {f"{i}|{finding}" for i in chosen})  # type: ignore[union-attr]
+                maps[s], geometries[s] = sources[s].store.load_maps(dataset, split, s[0], s[1], {f"{i}|{finding}" for i in chosen})  # type: ignore[union-attr]
             if not any(maps.values()):
                 note = f"gallery of {label}: no cached maps (the run had save_maps: false)"
                 if note not in notes:
