@@ -403,6 +403,8 @@ def test_one_run_with_val_and_test_splits_pairs_them(tmp_path: Path) -> None:
             assert r["dice_val"] == pytest.approx(np.mean(
                 [c[int(round(r["val_threshold"] * 100))] for c in _curves(results, r)]))
     assert results["analysis"]["val_pairs"] == [{"dataset": "split-phantom", "test_split": "test", "val_split": "val"}]
+    manifest = json.loads((Path(results["run"]) / "manifest.json").read_text())
+    assert {k: d["images"] for k, d in manifest["datasets"].items()} == {"split-phantom.val": 5, "split-phantom.test": 5}
 
 
 def _curves(results: dict, row: dict) -> list[list[float]]:

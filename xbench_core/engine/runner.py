@@ -199,10 +199,13 @@ class Runner:
             queries = {m.name: calls.encode_queries(m.model, findings[m.name]) for m in models}
             plan = self.plan(dataset, comp.options.get("split"), models)
             todo = plan.todo(self.store.completed(), self.rank, self.world)
-            self.info["datasets"][comp.name] = {
+            # a dataset listed with two splits is reported (and its problems written) per split
+            twice = sum(c.name == comp.name for c in self.cfg.datasets) > 1
+            key = f"{comp.name}.{comp.options.get('split')}" if twice else comp.name
+            self.info["datasets"][key] = {
                 "images": len(plan.order),
                 "unsupported": {k: v for k, v in unsupported.items() if v},
-                "problems": summarize_problems(self.store.directory, comp.name, getattr(dataset, "problems", []),
+                "problems": summarize_problems(self.store.directory, key, getattr(dataset, "problems", []),
                                                write=self.rank == 0),
             }
             if not todo:
