@@ -318,3 +318,46 @@ def test_area_resize_is_exact_area_averaging(shape: tuple[int, int], size: tuple
 
     image = np.random.default_rng(0).random(shape).astype(np.float32)
     np.testing.assert_allclose(area_resize(image, size, "area"), _naive_area(image.astype(np.float64), size), atol=1e-6)
+
+
+def _prefix_sum_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The area resize as it was computed before issue 22 (integral from float64 prefix sums)."""
+
+    def axis_pass(a: np.ndarray, m: int, axis: int) -> np.ndarray:
+        n = a.shape[axis]
+        if n == m:
+            return a
+        moved = np.moveaxis(a, axis, 0)
+        prefix = np.concatenate([np.zeros((1, *moved.shape[1:])), np.cumsum(moved, axis=0, dtype=np.float64)])
+        edges = np.arange(m + 1, dtype=np.float64) * (n / m)
+        edges[-1] = n
+        whole = np.minimum(np.floor(edges).astype(np.int64), n - 1)
+        part = (edges - whole).reshape(-1, *([1] * (moved.ndim - 1)))
+        integral = prefix[whole] + part * moved[whole]
+        return np.moveaxis((integral[1:] - integral[:-1]) / (n / m), 0, axis)
+
+    return axis_pass(axis_pass(image.astype(np.float64), size[0], 0), size[1], 1).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "shape,size",
+    [((3000, 2500), (256, 213)), ((2828, 2320), (256, 209)), ((1024, 1024), (256, 256)), ((3, 1000), (1, 256)),
+     ((100, 37), (256, 94)), ((7, 5), (3, 2))],
+)
+def test_area_resize_equals_the_prefix_sum_integral(shape: tuple[int, int], size: tuple[int, int]) -> None:
+    # CARZero resizes 8-bit levels (integers in float32) and rounds the result: identical floats,
+    # so identical levels; on [0, 1] floats equal to float32 rounding
+    rng = np.random.default_rng(1)
+    levels = np.round(rng.random(shape, dtype=np.float32) * 255)
+    assert np.array_equal(resize(levels, size, "area"), _prefix_sum_area(levels, size))
+    unit = rng.random(shape, dtype=np.float32)
+    np.testing.assert_allclose(resize(unit, size, "area"), _prefix_sum_area(unit, size), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,size", [((3000, 2500), (256, 213)), ((997, 1301), (128, 167)), ((40, 40), (40, 17))])
+def test_area_resize_matches_opencv_inter_area(shape: tuple[int, int], size: tuple[int, int]) -> None:
+    # the official CARZero pipeline resizes with cv2.INTER_AREA (a downscale: area averaging)
+    cv2 = pytest.importorskip("cv2")
+    image = np.random.default_rng(2).random(shape, dtype=np.float32)
+    official = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(resize(image, size, "area"), official, rtol=0, atol=2e-6)

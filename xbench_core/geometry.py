@@ -147,7 +147,9 @@ def resize(image: np.ndarray, size: Size, method: str = "bilinear") -> np.ndarra
     if image.shape[:2] == tuple(size):
         return image.astype(np.float32, copy=False)
     if method == "area":
-        out64 = _area_axis(_area_axis(np.asarray(image, np.float64), size[0], 0), size[1], 1)
+        src = np.asarray(image)  # float32 stays float32: the sums accumulate in float64
+        src = src if src.dtype in (np.float32, np.float64) else src.astype(np.float64)
+        out64 = _area_axis(_area_axis(src, size[0], 0), size[1], 1)
         return out64.astype(np.float32)
     pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
     out = pil.resize((size[1], size[0]), resample=_PIL_METHODS[method])
@@ -156,20 +158,29 @@ def resize(image: np.ndarray, size: Size, method: str = "bilinear") -> np.ndarra
 
 def _area_axis(image: np.ndarray, size: int, axis: int) -> np.ndarray:
     """Resample one axis by exact area averaging: each output pixel is the mean of the input
-    interval it covers, partial pixels weighted by their overlap (from prefix sums)."""
+    interval it covers, partial pixels weighted by their overlap.
+
+    The whole input pixels of each interval are summed in float64 block by block (one pass over
+    the image, no float64 copy of it), then the fractions at both ends are added; this equals the
+    integral from prefix sums to within float64 rounding (tests/test_geometry.py)."""
     n = image.shape[axis]
     if n == size:
         return image
     moved = np.moveaxis(image, axis, 0)
-    prefix = np.empty((n + 1, *moved.shape[1:]), np.float64)
-    prefix[0] = 0.0
-    np.cumsum(moved, axis=0, dtype=np.float64, out=prefix[1:])
+    if axis != 0:  # sum contiguous blocks (the second pass runs on the first pass's small output)
+        moved = np.ascontiguousarray(moved)
     edges = np.arange(size + 1, dtype=np.float64) * (n / size)
     edges[-1] = n
-    whole = np.minimum(np.floor(edges).astype(np.int64), n - 1)
-    part = (edges - whole).reshape(-1, *([1] * (moved.ndim - 1)))
-    integral = prefix[whole] + part * moved[whole]  # the image integrated from 0 to each edge
-    out = (integral[1:] - integral[:-1]) / (n / size)
+    whole = np.floor(edges).astype(np.int64)  # the first input pixel each edge falls in (n at the end)
+    part = edges - whole  # how far into it
+    out = np.zeros((size, *moved.shape[1:]), np.float64)
+    for i, (a, b) in enumerate(zip(whole[:-1].tolist(), whole[1:].tolist())):
+        if b > a:  # the whole input pixels a .. b-1 (none when the interval lies inside one pixel)
+            np.sum(moved[a:b], axis=0, dtype=np.float64, out=out[i])
+    shape = (-1, *([1] * (moved.ndim - 1)))
+    last = np.minimum(whole, n - 1)  # the end edge's fraction is 0 where it lies at n
+    out += part[1:].reshape(shape) * moved[last[1:]] - part[:-1].reshape(shape) * moved[last[:-1]]
+    out /= n / size
     return np.moveaxis(out, 0, axis)
 
 

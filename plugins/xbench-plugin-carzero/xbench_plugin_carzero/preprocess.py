@@ -34,8 +34,8 @@ def preprocess_image(image: np.ndarray) -> tuple[np.ndarray, Geometry]:
     if image.ndim != 2:
         raise ValueError(f"CARZero preprocessing takes a 2-D grey image, got shape {image.shape}")
     # float32 holds the 256 levels exactly; the resize accumulates in float64.
-    levels = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * np.float32(255.0)
-    levels = np.round(levels, out=levels)
+    levels = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)  # a new array: scaled in place
+    levels = np.round(np.multiply(levels, np.float32(255.0), out=levels), out=levels)
     board, geometry = letterbox_crop(levels, CANVAS, CROP, method="area")
     pixels = (np.round(board) / 255.0 - MEAN) / STD
     return np.repeat(pixels[None].astype(np.float32), 3, axis=0), geometry
