@@ -240,6 +240,63 @@ def test_real_siim_jpeg_baseline_dicom():
     assert len(np.unique(img)) > 100
 
 
+def _float64_decode(path: Path) -> np.ndarray:
+    """`read_dicom` as it was before issue 22 (no VOI transform): everything in float64."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    from xbench_core.io.images import _value_range
+
+    ds = pydicom.dcmread(str(path))
+    raw = ds.pixel_array
+    arr = apply_modality_lut(raw[0] if raw.ndim == 3 else raw, ds).astype(np.float64)
+    lo, hi = _value_range(ds, arr)
+    arr = np.clip((arr - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(arr)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        arr = 1.0 - arr
+    return arr.astype(np.float32)
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize(
+    "bits_allocated, bits_stored, signed, rescale",
+    [(8, 8, False, {}), (16, 12, False, {}), (16, 16, False, {}), (16, 10, False, {}),
+     (16, 12, False, {"RescaleSlope": 1, "RescaleIntercept": -1024}),
+     (16, 12, False, {"RescaleSlope": 3, "RescaleIntercept": 7}),
+     (16, 16, True, {}), (16, 12, True, {"RescaleSlope": 1, "RescaleIntercept": 0}),
+     (16, 12, False, {"RescaleSlope": 0.5, "RescaleIntercept": -1024})],  # fractional: the float64 path
+)
+def test_dicom_float32_decode_equals_the_float64_decode(tmp_path, photometric, bits_allocated, bits_stored, signed,
+                                                          rescale):
+    # every stored value of the depth (all 65,536 for 16 bits), bit for bit as the float64 path
+    top = 2**bits_stored
+    values = np.arange(-top // 2, top // 2) if signed else np.arange(top)
+    rows = max(1, values.size // 256)
+    pixels = np.resize(np.random.default_rng(0).permutation(values), (rows, values.size // rows))
+    p = write_dicom(tmp_path / "a.dcm", pixels, bits_allocated=bits_allocated, bits_stored=bits_stored,
+                    signed=signed, photometric=photometric, **rescale)
+    dark = write_dicom(tmp_path / "b.dcm", pixels // 3, bits_allocated=bits_allocated, bits_stored=bits_stored,
+                       signed=signed, photometric=photometric, **rescale)  # signed: the data range
+    flat = write_dicom(tmp_path / "c.dcm", np.full((4, 5), 7), bits_allocated=bits_allocated,
+                       bits_stored=bits_stored, signed=signed, photometric=photometric)
+    import pydicom
+
+    from xbench_core.io.images import _exact_float32
+
+    ds = pydicom.dcmread(str(p))
+    fractional = rescale.get("RescaleSlope", 1) % 1 != 0
+    assert (_exact_float32(ds.pixel_array, ds) is None) == fractional  # the float32 path is taken
+    for path in (p, dark, flat):
+        img = read_image(path)
+        assert img.dtype == np.float32
+        assert np.array_equal(img, _float64_decode(path))
+
+
+def test_real_dicom_float32_decode_equals_the_float64_decode():
+    path = realdata("siim", "siim_test.dcm")
+    assert np.array_equal(read_image(path), _float64_decode(path))
+
+
 # ---- PNG and JPEG ------------------------------------------------------------------------------
 def test_png_8_bit_gray(tmp_path):
     from PIL import Image

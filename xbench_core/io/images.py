@@ -60,9 +60,13 @@ def read_dicom(path: Path, *, voi_lut: bool = True) -> np.ndarray:
         raw = raw[..., :3].mean(axis=-1)
     elif raw.ndim == 3:  # multi-frame: the first frame
         raw = raw[0]
+    voi_range = _voi_output_range(ds) if voi_lut else None
+    if voi_range is None and (exact := _exact_float32(raw, ds)) is not None:
+        lo, hi = _value_range(ds, exact)
+        if all(float(np.float32(v)) == v for v in (lo, hi, hi - lo)):
+            return _scale_float32(exact, lo, hi, ds)
     modality = apply_modality_lut(raw, ds)
     arr = modality.astype(np.float64)
-    voi_range = _voi_output_range(ds) if voi_lut else None
     if voi_range is not None:
         if ds.get("VOILUTSequence") and not np.issubdtype(modality.dtype, np.integer):
             # a VOI LUT is indexed by integer values (pydicom warns on, and truncates, floats)
@@ -75,6 +79,48 @@ def read_dicom(path: Path, *, voi_lut: bool = True) -> np.ndarray:
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         arr = 1.0 - arr
     return arr.astype(np.float32)
+
+
+def _exact_float32(raw: np.ndarray, ds: object) -> np.ndarray | None:
+    """The modality values (after the modality LUT or rescale) as float32 when float32 holds them
+    exactly: 8- and 16-bit integers with an integral rescale (|values| < 2**24). None otherwise
+    (fractional slopes, colour, 32-bit data): those go through float64."""
+    from pydicom.pixels import apply_modality_lut
+
+    if raw.dtype.kind not in "iu" or raw.dtype.itemsize > 2:
+        return None
+    if ds.get("ModalityLUTSequence"):  # type: ignore[attr-defined]
+        modality = apply_modality_lut(raw, ds)  # integer LUT entries
+        return modality.astype(np.float32) if modality.dtype.kind in "iu" and modality.dtype.itemsize <= 2 else None
+    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:  # type: ignore[operator]
+        return raw.astype(np.float32)
+    try:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+    if not (slope.is_integer() and intercept.is_integer()) or 65535 * abs(slope) + abs(intercept) >= 2**24:
+        return None
+    arr = raw.astype(np.float32)
+    if slope != 1:
+        arr *= np.float32(slope)
+    if intercept != 0:
+        arr += np.float32(intercept)
+    return arr
+
+
+def _scale_float32(arr: np.ndarray, lo: float, hi: float, ds: object) -> np.ndarray:
+    """`read_dicom`'s scaling to [0, 1] without a VOI transform, in place on float32 integers (and
+    float32-exact `lo`, `hi`): the differences from the range's ends are exact and one correctly
+    rounded division gives the float64 computation's float32 (tests/test_images.py compares them)."""
+    inverted = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1"  # type: ignore[attr-defined]
+    if not hi > lo:
+        return np.full_like(arr, 1.0 if inverted else 0.0)
+    if inverted:  # 1 - (v - lo) / (hi - lo)
+        np.subtract(np.float32(hi), arr, out=arr)
+    else:
+        arr -= np.float32(lo)
+    arr /= np.float32(hi - lo)
+    return np.clip(arr, 0.0, 1.0, out=arr)
 
 
 def _voi_output_range(ds: object) -> tuple[float, float] | None:
