@@ -349,3 +349,36 @@ def test_chexlocalize_tuning_files(tmp_path: Path) -> None:
     assert p.value("prob_cutoff", "cardiomegaly") == 0.4
     with pytest.raises(ConfigError):
         P.parse_protocol({"name": "chexlocalize", "threshold": str(tmp_path / "none.csv")})
+
+
+@pytest.mark.parametrize("name", ["chexlocalize", "mavl", "medklip"])
+def test_extra_resamples_equal_the_metrics_on_each_resample(name: str) -> None:
+    """The extra metrics' resamples come from `extra_resamples` alone (their hook adds nothing:
+    the bootstrap does not call them per resample) and equal calling them on each resample, the
+    tuned thresholds included."""
+    from xbench_core.metrics import bootstrap as bs
+    from xbench_core.metrics.extra import cnr, miou_raw
+
+    rng = np.random.default_rng(11)
+    rows, stats = [], []
+    for small in _maps(rng, 9, (6, 6)):
+        small = small * np.float32(0.1) if name == "mavl" else small
+        size = (24, 20)
+        region = _box(size, rng)
+        geometry = Geometry.squash(size, small.shape)
+        rows.append(P.protocol_values(P.parse_protocol(name), small, geometry, region))
+        stats.append(evaluate_maps(torch.from_numpy(small[None]), geometry, size, [region]).rows()[0])
+    extra = {k: np.array([np.nan if r.get(k) is None else r[k] for r in rows], np.float64) for k in rows[0]}
+    extra |= {k: np.array([s["extra"][k] if s["extra"][k] is not None else np.nan for s in stats]) for k in ("cnr", "miou_raw")}
+    d = FindingData(region_px=np.array([s["region_px"] for s in stats]), total_px=np.array([s["total_px"] for s in stats]),
+                    hits_all=np.array([s["hits_all"] for s in stats]), hits_region=np.array([s["hits_region"] for s in stats]),
+                    pointing_game=np.array([s["pointing_game"] for s in stats]), ebpg=np.array([s["ebpg"] for s in stats]),
+                    extra=extra, protocol=name)
+    weights = bs.counts(bs.resample_indices(9, bs.generator(0, name), 40), 9)
+    got = extra_resamples(d, weights)
+    for metric in (cnr, miou_raw, pixel_prs, protocol):
+        assert bs.metric_resamples(metric, "grounding", d, weights) == {}
+        plain = bs.plain_resamples(metric, "grounding", d, weights)
+        assert plain and set(plain) <= set(got)
+        for field, values in plain.items():
+            np.testing.assert_allclose(got[field], values, rtol=0, atol=1e-12, equal_nan=True, err_msg=field)

@@ -140,6 +140,17 @@ def _chexlocalize_tuned(d: FindingData) -> dict[str, Any]:
             "chexlocalize_threshold": round(float(CHEXLOCALIZE_TUNING[k]), 1)}
 
 
+def _resampled_by_extra_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The resample hook of the metrics above: their resamples come from `extra_resamples`, which
+    the analysis computes once per block; without a hook the bootstrap would also call each of them
+    on every resample (plain resampling, 1,000 calls per finding), only to be overwritten."""
+    return {}
+
+
+for _metric in (cnr, miou_raw, pixel_prs, protocol):
+    setattr(_metric, "resample", _resampled_by_extra_resamples)
+
+
 def extra_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray]:
     """Every extra field of every resample ([B] each, NaN where undefined); `weights` [B, m]."""
     out: dict[str, np.ndarray] = {}
@@ -164,18 +175,27 @@ def extra_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray
         miou = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
         k = _best_of(miou)
         out["chexlocalize_iou_tuned"] = np.where(k >= 0, miou[np.arange(len(k)), np.maximum(k, 0)], np.nan)
+        from ..protocols import CHEXLOCALIZE_TUNING
+
+        tuned = np.array([round(float(t), 1) for t in CHEXLOCALIZE_TUNING])
+        out["chexlocalize_threshold"] = np.where(k >= 0, tuned[np.maximum(k, 0)], np.nan)
     if "mavl_sweep_all" in d.extra and d.n_regions:
         dice, iou = _mavl_curves(d)
         total = weights.sum(axis=1)
         safe = np.where(total > 0, total, 1.0)
         best_dice, best_iou = np.empty(len(weights)), np.empty(len(weights))
+        best_k = np.empty(len(weights), np.int64)
         for start in range(0, len(weights), _ROWS):
             w = weights[start : start + _ROWS]
             mean_dice = (w @ dice) / safe[start : start + _ROWS, None]
             k = first_argmax(mean_dice)
             rows = np.arange(len(w))
+            best_k[start : start + _ROWS] = k
             best_dice[start : start + _ROWS] = mean_dice[rows, k]
             best_iou[start : start + _ROWS] = np.einsum("ij,ji->i", w, iou[:, k]) / safe[start : start + _ROWS]
         out["mavl_dice"] = np.where(total > 0, best_dice, np.nan)
         out["mavl_iou"] = np.where(total > 0, best_iou, np.nan)
+        from ..protocols import MAVL_THRESHOLDS
+
+        out["mavl_threshold"] = np.where(total > 0, MAVL_THRESHOLDS[best_k].astype(np.float64), np.nan)
     return out
