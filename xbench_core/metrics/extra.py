@@ -148,7 +148,7 @@ def _resampled_by_extra_resamples(d: FindingData, weights: np.ndarray) -> dict[s
 
 
 for _metric in (cnr, miou_raw, pixel_prs, protocol):
-    setattr(_metric, "resample", _resampled_by_extra_resamples)
+    _metric.resample = _resampled_by_extra_resamples  # type: ignore[attr-defined]
 
 
 def extra_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray]:
