@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -122,6 +123,59 @@ def test_xbench_protocol_equals_the_run_path(tmp_path: Path) -> None:
         for k in ("n_images", "n_regions", "pointing_game", "ebpg", "dice_fixed", "dice_best", "iou_fixed",
                   "iou_best", "auroc", "pointing_game_ci", "dice_best_ci", "cnr", "pixel_recall"):
             assert a[finding].get(k) == b[finding].get(k), (finding, k)
+
+
+class _CroppedCenter:
+    """The `center` baseline on a center crop of its input: maps that do not cover the whole image."""
+
+    from xbench_core import hookimpl
+
+    @hookimpl
+    def xbench_register_models(self, register: Any) -> None:
+        import torch
+
+        from xbench_core import ModelSpec
+        from xbench_core.builtin.baselines import CenterBaseline
+        from xbench_core.geometry import shortest_side_crop
+
+        class Cropped(CenterBaseline):
+            def preprocess(self, image: np.ndarray) -> Any:
+                pixels, geometry = shortest_side_crop(image, 128, 64)
+                return torch.from_numpy(pixels)[None], geometry
+
+        register(ModelSpec(name="cropped", summary="center maps on a center crop", factory=Cropped))
+
+
+def test_a_runs_saved_maps_are_placed_by_their_stored_geometry(tmp_path: Path) -> None:
+    """A run's own map files (input-frame maps, float16, Geometry in their metadata) score as the run
+    scored them, whatever --frame says (the default, `original`, would stretch a crop's map over the
+    whole image)."""
+    from xbench_core.testing import temporary_plugin
+
+    ran, scored, stretched = tmp_path / "ran", tmp_path / "scored", tmp_path / "stretched"
+    data = ["--set", "phantom.size=6", "--set", "phantom.resolution=96"]
+    with temporary_plugin(_CroppedCenter(), "cropped-center"):
+        assert main(["run", "--datasets", "phantom", "--models", "cropped", *data, "--out", str(ran), "--quiet",
+                     "--no-report"]) == 0
+        (saved,) = sorted(ran.glob("maps/phantom/split-test/cropped/native/*.safetensors"))
+        assert main(["score", "--dataset", "phantom", *data, "--maps", str(saved), "--model", "cropped",
+                     "--explainer", "native", "--out", str(scored), "--quiet"]) == 0
+        # the same maps without their geometry: --frame original stretches them
+        from safetensors.numpy import save_file
+        from safetensors.torch import load_file
+
+        save_file({k: v.float().numpy() for k, v in load_file(str(saved)).items()}, str(tmp_path / "bare.safetensors"))
+        assert main(["score", "--dataset", "phantom", *data, "--maps", str(tmp_path / "bare.safetensors"),
+                     "--model", "cropped", "--explainer", "native", "--out", str(stretched), "--quiet"]) == 0
+    a, b, c = _rows(ran), _rows(scored), _rows(stretched)
+    assert set(a) == set(b)
+    for finding in a:
+        assert a[finding]["n_regions"] == b[finding]["n_regions"]
+        assert a[finding]["pointing_game"] == b[finding]["pointing_game"], finding
+        if a[finding]["n_regions"]:  # float16 storage moves a few pixels across a threshold at most
+            for k in ("dice_best", "iou_fixed"):
+                assert b[finding][k] == pytest.approx(a[finding][k], abs=0.01), (finding, k)
+    assert any(c[f]["iou_fixed"] != pytest.approx(a[f]["iou_fixed"], abs=0.01) for f in a if a[f]["n_regions"])
 
 
 def test_problems_are_listed_and_the_rest_scored(tmp_path: Path) -> None:

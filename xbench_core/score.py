@@ -7,8 +7,8 @@ Maps (`--maps PATH`, a file or a folder) are read as:
   14-vector is indexed by the CheXpert task order, as cheXlocalize does);
 - arrays: `.npy` (one map), `.npz`, `.safetensors` or `.pt` (tensors only, read without executing
   code), named `<id>/<finding>.<ext>`, `<id>__<finding>.<ext>`, `<id>.<ext>` holding {finding: map},
-  or one file for all holding `<id>|<finding>` keys (the layout of a run's saved maps) or
-  {id: {finding: map}}.
+  or one file for all holding `<id>|<finding>` keys (the layout of a run's saved maps: their
+  stored Geometry places them, whatever `--frame` says) or {id: {finding: map}}.
 Findings are read through the vocabulary (`Airspace Opacity` is `lung_opacity`).
 
 The frame of a map (`--frame`): `original` (default: the map covers the whole original image, at
@@ -55,6 +55,7 @@ class MapEntry:
     file: str
     prob: float | None = None
     original_size: tuple[int, int] | None = None  # (h, w) a cheXlocalize pickle declares
+    geometry: Geometry | None = None  # stored with the map (a run's saved maps): overrides --frame
 
 
 # ---- frames -------------------------------------------------------------------------------------
@@ -125,6 +126,17 @@ def _read_tensors(path: Path) -> Any:
     return read_pickle_safely(path)
 
 
+def _stored_geometries(path: Path) -> dict[str, Geometry]:
+    """{image id: Geometry} a run's saved-map file carries in its metadata (else empty)."""
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as fh:
+        stored = json.loads((fh.metadata() or {}).get("geometries") or "{}")
+    return {str(i): Geometry.from_dict(g) for i, g in stored.items()}
+
+
 def _chexlocalize_pickle(path: Path, raw: Any) -> tuple[str, str, MapEntry]:
     if not isinstance(raw, dict) or "map" not in raw:
         raise DataError("not a cheXlocalize map pickle (a dict with map, prob, task, cxr_dims)")
@@ -192,6 +204,9 @@ def read_maps(root: str | Path, problems: list[dict[str, str]]) -> dict[tuple[st
                 elif root.is_dir():  # <id>.<ext> holding {finding: map}
                     image_id = stem
                 found = _entries_of(path, _read_tensors(path), image_id, finding)
+                stored = _stored_geometries(path)
+                for i, _name, entry in found:
+                    entry.geometry = stored.get(i)
         except Exception as exc:  # noqa: BLE001 - one bad file is a problem, not the end
             problems.append({"file": str(path), "problem": f"cannot read: {type(exc).__name__}: {exc}"})
             continue
@@ -348,8 +363,13 @@ def _grounding(entry: MapEntry | None, region: Any, original: tuple[int, int], s
     if entry.original_size is not None and tuple(entry.original_size) != tuple(original):
         return {"error": f"map is for a {entry.original_size[1]}x{entry.original_size[0]} image, "
                          f"the dataset's image is {original[1]}x{original[0]}"}
-    # a cheXlocalize pickle's map covers the whole CXR whatever --frame says
-    geometry = frame_geometry(("original", ()) if entry.original_size is not None else frame, original, values.shape)
+    if entry.geometry is not None:  # a run's saved map: the geometry it was saved with, whatever --frame says
+        geometry = entry.geometry
+        if tuple(geometry.original_size) != tuple(original):
+            return {"error": f"map was saved for a {geometry.original_size[1]}x{geometry.original_size[0]} image, "
+                             f"the dataset's image is {original[1]}x{original[0]}"}
+    else:  # a cheXlocalize pickle's map covers the whole CXR whatever --frame says
+        geometry = frame_geometry(("original", ()) if entry.original_size is not None else frame, original, values.shape)
     mask = region.rasterize(size)
     import torch
 
