@@ -23,6 +23,7 @@ PUBLISHED: dict[str, tuple[str, ...]] = {
     "xbench-plugin-devide": ("devide",),
     "xbench-plugin-explainers": ("gradcam", "gradcampp", "rise"),
     "xbench-plugin-kad": ("kad",),
+    "xbench-plugin-lvlm": ("lvlm", "lvlm-attention-mean", "lvlm-gradient-attention", "lvlm-rollout"),
     "xbench-plugin-mavl": ("mavl",),
     "xbench-plugin-medklip": ("medklip",),
     "xbench-plugin-rsna-pneumonia": ("rsna-pneumonia",),

@@ -1,0 +1,367 @@
+"""Decoder LVLMs (Qwen2.5-VL, Gemma 3 / MedGemma) wrapped for XBench: yes/no scores, maps on the
+image-token grid.
+
+The score follows MedFocus's direct-answer mode (gzxiong/medfocus: `data/*.py` questions,
+`configs/datasets.yaml` suffixes, `lvlm/adapters.py` prompts built with the processor's chat
+template): per finding the user turn holds the image and "Is there evidence of {finding} in the
+image? Answer directly with yes or no without any explanation."; the score is
+P(yes) / (P(yes) + P(no)) at the first answer token, i.e. sigmoid(logit_yes - logit_no) (the
+softmax's normalizer cancels), with the spellings "Yes"/"yes" and "No"/"no" pooled.
+
+Images follow MedFocus's `resize_pad` (longest side to `image_size`, bicubic, zero padding to a
+centered square), then the model's own processor geometry: Qwen2.5-VL's `smart_resize` of that
+square (multiples of 28 = 14-px patches merged 2 x 2), Gemma 3's squash to the vision tower's square
+(896 for the released models, 64 x 64 SigLIP patches average-pooled 4 x 4 to 16 x 16 tokens). Both
+steps are axis-aligned affine maps, so the Geometry (their composition) is exact.
+
+One image-tower pass per image; its tokens are shared by the image's F question sequences, which
+the language model reads together (right-padded: padding follows every real token, so no real
+token ever attends to it and positions are those of the unpadded sequence).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from xbench_blocks.prompts import PROMPT_PHRASES
+
+from xbench_core import ConfigError, FeatureLayer, Geometry, Model, ModelOutput
+from xbench_core.geometry import resize
+
+from .loading import build, choose_dtype, resolve_model
+
+QUESTION = "Is there evidence of {finding} in the image? Answer directly with yes or no without any explanation."
+YES_WORDS = ("Yes", "yes")
+NO_WORDS = ("No", "no")
+MAP_KINDS = ("cross_attention", "attention_mean", "rollout")
+
+
+@dataclass
+class Queries:
+    """The token sequences of the findings (right-padded) and where their image tokens sit."""
+
+    input_ids: Any  # [F, L] long
+    lengths: Any  # [F] long: the answer is predicted at lengths - 1
+    image_positions: Any  # [N] long: the same run of image tokens in every sequence
+    answer_ids: Any  # [Y + N'] long: the yes spellings' first tokens, then the no spellings'
+    yes_count: int
+
+
+def letterbox_size(original: tuple[int, int], side: int) -> tuple[int, int, int, int]:
+    """MedFocus `resize_pad`: (new_h, new_w, top, left) with the longest side at `side`."""
+    h, w = original
+    scale = side / float(max(h, w))
+    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    return nh, nw, (side - nh) // 2, (side - nw) // 2
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's image size rule (transformers qwen2_vl/image_processing_qwen2_vl.py): multiples of
+    `factor`, pixel count within [min_pixels, max_pixels], aspect ratio kept as closely as possible."""
+    if max(height, width) / min(height, width) > 200:
+        raise ConfigError(f"lvlm: aspect ratio {max(height, width) / min(height, width):.0f} exceeds Qwen's limit of 200")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def patchify(pixels: Any, patch: int, merge: int, temporal: int) -> Any:
+    """[B, C, H, W] -> Qwen2-VL's flattened patches [B * gh * gw, C * temporal * patch * patch] in the
+    image processor's order: 2 x 2 merge groups contiguous, the still image repeated `temporal` times."""
+    b, c, h, w = pixels.shape
+    gh, gw = h // patch, w // patch
+    x = pixels.unsqueeze(1).expand(b, temporal, c, h, w)
+    x = x.reshape(b, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # b, gh/m, gw/m, m, m, c, t, p, p
+    return x.reshape(b * gh * gw, c * temporal * patch * patch)
+
+
+def _tokens_to_grid(tokens: Any, grid: tuple[int, int]) -> Any:
+    """Image tokens [B, N, D] (row-major over the grid) -> [B, D, gh, gw]."""
+    b, _, d = tokens.shape
+    return tokens.reshape(b, grid[0], grid[1], d).permute(0, 3, 1, 2)
+
+
+def _module(hf_model: Any) -> Any:
+    """One nn.Module holding the LVLM and the feature-layer tap (what the engine places and casts)."""
+    import torch
+
+    class LVLMModule(torch.nn.Module):
+        def __init__(self, lvlm: Any) -> None:
+            super().__init__()
+            self.lvlm = lvlm
+            # The image tokens as the language model receives them pass through this identity, the
+            # layer the core's gradient explainers hook (no parameters: the state_dict is the model's).
+            self.image_tokens = torch.nn.Identity()
+
+    return LVLMModule(hf_model).eval()
+
+
+class LVLM(Model):
+    """A decoder LVLM asked one yes/no question per finding; maps from its answer token's attention."""
+
+    name = "lvlm"
+    map_kind = "cross_attention"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        checkpoint: str | None = None,
+        image_size: int = 224,
+        question: str = QUESTION,
+        dtype: str = "auto",
+        sequences: int = 16,
+    ) -> None:
+        random_weights = checkpoint is not None and checkpoint.strip().lower() == "random"
+        if checkpoint is not None and not random_weights:
+            raise ConfigError(
+                f"lvlm.checkpoint must be 'random' or unset (the weights come with lvlm.model), got {checkpoint!r}"
+            )
+        if "{finding}" not in question:
+            raise ConfigError(f"lvlm.question must contain {{finding}}, got {question!r}")
+        folder = resolve_model(model, random_weights)
+        hf, processor, family = build(folder, random_weights, choose_dtype(dtype))
+        self.module = _module(hf)
+        self.processor, self.family, self.folder = processor, family, folder
+        self.random_weights = random_weights
+        self.image_size, self.question, self.sequences = int(image_size), question, int(sequences)
+        self.queries = dict(PROMPT_PHRASES)
+        config = hf.config
+        self.image_token_id = int(config.image_token_id)
+        text = config.get_text_config()
+        self.softcap = getattr(text, "final_logit_softcapping", None)
+        image = processor.image_processor
+        self.mean = np.asarray(image.image_mean, np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(image.image_std, np.float32).reshape(3, 1, 1)
+        if family == "qwen2_5_vl":
+            vision = config.vision_config
+            self.patch, self.merge = int(vision.patch_size), int(vision.spatial_merge_size)
+            self.temporal = int(vision.temporal_patch_size)
+            size = image.size
+            side = smart_resize(
+                self.image_size, self.image_size, self.patch * self.merge,
+                int(size["shortest_edge"]), int(size["longest_edge"]),
+            )  # fmt: skip
+            self.input_size = (int(side[0]), int(side[1]))
+            self.grid = (self.input_size[0] // (self.patch * self.merge), self.input_size[1] // (self.patch * self.merge))
+            self.resample = "bicubic"
+        else:
+            vision = config.vision_config
+            self.input_size = (int(vision.image_size), int(vision.image_size))
+            side = int(round(math.sqrt(int(config.mm_tokens_per_image))))
+            self.grid = (side, side)
+            self.resample = {0: "nearest", 2: "bilinear", 3: "bicubic", 1: "lanczos"}.get(int(image.resample), "bilinear")
+
+    # ---- geometry ----------------------------------------------------------------------------
+    def geometry(self, original: tuple[int, int]) -> Geometry:
+        """Letterbox to the `image_size` square, then the processor's resize to `input_size`."""
+        nh, nw, top, left = letterbox_size(original, self.image_size)
+        ry, rx = self.input_size[0] / self.image_size, self.input_size[1] / self.image_size
+        return Geometry(
+            (int(original[0]), int(original[1])), self.input_size,
+            ((nh / original[0]) * ry, (nw / original[1]) * rx), (top * ry, left * rx), "letterbox_resize",
+        )  # fmt: skip
+
+    def preprocess(self, image: np.ndarray) -> tuple[Any, Geometry]:
+        import torch
+
+        original = (int(image.shape[0]), int(image.shape[1]))
+        nh, nw, top, left = letterbox_size(original, self.image_size)
+        board = np.zeros((self.image_size, self.image_size), np.float32)
+        board[top : top + nh, left : left + nw] = resize(np.asarray(image, np.float32), (nh, nw), "bicubic")
+        pixels = resize(board, self.input_size, self.resample)
+        normalized = (pixels[None] - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(normalized, np.float32)), self.geometry(original)
+
+    # ---- text side ---------------------------------------------------------------------------
+    def _messages(self, text: str, image: Any = None) -> list[dict[str, Any]]:
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        if image is not None:
+            content.insert(0, {"type": "image", "image": image})
+        return [{"role": "user", "content": content}]
+
+    def answer_token(self, word: str) -> int:
+        """The first token of `word` as the model's first answer token, read off the chat template:
+        the conversation with the answer, tokenized, past the tokens of the generation prompt."""
+        tokenizer = self.processor.tokenizer
+        user = self._messages("?")
+        prompt = self.processor.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        answer = user + [{"role": "assistant", "content": [{"type": "text", "text": word}]}]
+        full = self.processor.apply_chat_template(answer, tokenize=False, add_generation_prompt=False)
+        head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        if not full.startswith(prompt) or ids[: len(head)] != head or len(ids) <= len(head):
+            raise ConfigError(
+                f"lvlm: the chat template of {self.folder} does not continue its generation prompt with "
+                f"the answer {word!r}; the first answer token cannot be located"
+            )
+        return int(ids[len(head)])
+
+    def encode_queries(self, findings: list[str]) -> Queries:
+        import torch
+        from PIL import Image
+
+        yes = list(dict.fromkeys(self.answer_token(w) for w in YES_WORDS))
+        no = list(dict.fromkeys(self.answer_token(w) for w in NO_WORDS))
+        if set(yes) & set(no):
+            raise ConfigError(f"lvlm: the tokenizer of {self.folder} starts 'yes' and 'no' with the same token")
+        blank = Image.fromarray(np.zeros((self.image_size, self.image_size, 3), np.uint8))
+        rows, positions = [], None
+        for finding in findings:
+            text = self.question.replace("{finding}", self.queries[finding])
+            inputs = self.processor.apply_chat_template(
+                self._messages(text, blank), tokenize=True, return_dict=True, add_generation_prompt=True,
+            )  # fmt: skip
+            ids = torch.as_tensor(inputs["input_ids"]).reshape(-1)
+            where = (ids == self.image_token_id).nonzero().reshape(-1)
+            if where.numel() != self.grid[0] * self.grid[1]:
+                raise ConfigError(
+                    f"lvlm: the processor of {self.folder} gives {where.numel()} image tokens, the model's "
+                    f"grid {self.grid[0]} x {self.grid[1]}; check image_size and the processor config"
+                )
+            if positions is not None and not torch.equal(positions, where):
+                raise ConfigError("lvlm: the image tokens move with the question; put the image before the text")
+            positions = where
+            rows.append(ids)
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        pad = self.processor.tokenizer.pad_token_id
+        pad = int(pad if pad is not None else 0)
+        longest = int(lengths.max()) if len(rows) else 1
+        input_ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = r
+        device = self.device
+        return Queries(
+            input_ids.to(device), lengths.to(device),
+            (positions if positions is not None else torch.zeros(0, dtype=torch.long)).to(device),
+            torch.tensor(yes + no, dtype=torch.long, device=device), len(yes),
+        )  # fmt: skip
+
+    # ---- image side --------------------------------------------------------------------------
+    def image_features(self, pixels: Any) -> Any:
+        """The image tokens the language model receives, [B, N, D], through the feature-layer tap."""
+        import torch
+
+        lvlm = self.module.lvlm.model
+        pixels = pixels.to(lvlm.dtype if hasattr(lvlm, "dtype") else pixels.dtype)
+        b = pixels.shape[0]
+        if self.family == "qwen2_5_vl":
+            flat = patchify(pixels, self.patch, self.merge, self.temporal)
+            gh, gw = self.input_size[0] // self.patch, self.input_size[1] // self.patch
+            thw = torch.tensor([[1, gh, gw]] * b, dtype=torch.long, device=pixels.device)
+            out = lvlm.get_image_features(flat, thw, return_dict=True).pooler_output
+            tokens = torch.stack(list(out))
+        else:
+            tokens = lvlm.get_image_features(pixels, return_dict=True).pooler_output
+        return self.module.image_tokens(tokens)
+
+    # ---- language model ----------------------------------------------------------------------
+    def _run(self, tokens: Any, queries: Queries, attentions: bool) -> tuple[Any, list[Any] | None, Any]:
+        """All (image, finding) sequences: yes-vs-no logits [B, F], the attention tensors per chunk
+        of sequences (when asked) and the sequences' image/finding indices."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        lvlm = self.module.lvlm
+        b, n_tokens, width = tokens.shape
+        f = queries.input_ids.shape[0]
+        pairs = torch.cartesian_prod(torch.arange(b), torch.arange(f)) if f else torch.zeros((0, 2), dtype=torch.long)
+        head = lvlm.lm_head.weight[queries.answer_ids]  # [A, D]: only the answer rows are needed
+        logits, kept = [], []
+        for start in range(0, len(pairs), max(1, self.sequences)):
+            chunk = pairs[start : start + self.sequences]
+            bi, fi = chunk[:, 0].to(tokens.device), chunk[:, 1].to(tokens.device)
+            ids = queries.input_ids[fi]
+            lengths = queries.lengths[fi]
+            mask = (torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None]).long()
+            is_image = (ids == self.image_token_id).long()
+            feats = tokens[bi]
+            kwargs: dict[str, Any] = {}
+            if self.family == "qwen2_5_vl":
+                feats_out = BaseModelOutputWithPooling(pooler_output=(feats.reshape(-1, width),))
+                gh, gw = self.grid[0] * self.merge, self.grid[1] * self.merge
+                kwargs["image_grid_thw"] = torch.tensor([[1, gh, gw]] * len(chunk), device=ids.device)
+                kwargs["mm_token_type_ids"] = is_image
+            else:
+                feats_out = BaseModelOutputWithPooling(pooler_output=feats)
+                kwargs["token_type_ids"] = is_image
+            out = lvlm.model(
+                input_ids=ids, attention_mask=mask, mm_encoder_outputs={"image": feats_out},
+                use_cache=False, output_attentions=attentions, return_dict=True, **kwargs,
+            )  # fmt: skip
+            hidden = out.last_hidden_state[torch.arange(len(chunk), device=ids.device), lengths - 1]
+            answer = hidden.float() @ head.float().T
+            if self.softcap:
+                answer = torch.tanh(answer / self.softcap) * self.softcap
+            y = queries.yes_count
+            logits.append(torch.logsumexp(answer[:, :y], -1) - torch.logsumexp(answer[:, y:], -1))
+            if attentions:
+                kept.append((chunk, lengths, out.attentions))
+        flat = torch.cat(logits) if logits else tokens.new_zeros(0)
+        return flat.reshape(b, f), (kept if attentions else None), pairs
+
+    def _maps(self, kept: list[Any], queries: Queries, b: int, f: int) -> dict[str, Any]:
+        """Answer-token attention to the image tokens: last layer, mean of layers, rollout."""
+        import torch
+
+        from .attribution import answer_attention, rollout
+
+        device = queries.input_ids.device
+        out = {k: torch.zeros((b, f, self.grid[0] * self.grid[1]), device=device) for k in MAP_KINDS}
+        for chunk, lengths, layers in kept:
+            bi, fi = chunk[:, 0], chunk[:, 1]
+            rows = [answer_attention(a, lengths, queries.image_positions) for a in layers]
+            out["cross_attention"][bi, fi] = rows[-1]
+            out["attention_mean"][bi, fi] = torch.stack(rows).mean(0)
+            out["rollout"][bi, fi] = rollout(layers, lengths, queries.image_positions)
+        return {k: v.reshape(b, f, *self.grid) for k, v in out.items()}
+
+    def forward(self, pixels: Any, queries: Queries) -> ModelOutput:
+        import torch
+
+        tokens = self.image_features(pixels)
+        logit, kept, _ = self._run(tokens, queries, attentions=True)
+        maps = self._maps(kept or [], queries, *logit.shape)
+        return ModelOutput(scores=torch.sigmoid(logit), maps=maps, extras={"logits": logit})
+
+    # ---- gradient explainers -----------------------------------------------------------------
+    def logits(self, pixels: Any, queries: Queries) -> Any:
+        """log P(yes) - log P(no) at the first answer token, [B, F] (differentiable)."""
+        return self._run(self.image_features(pixels), queries, attentions=False)[0]
+
+    def feature_layer(self) -> FeatureLayer:
+        """The image tokens entering the language model (Qwen2.5-VL: after the 2 x 2 patch merger;
+        Gemma 3: after the 4 x 4 pooling and projection), on the image-token grid."""
+        from functools import partial
+
+        return FeatureLayer(self.module.image_tokens, partial(_tokens_to_grid, grid=self.grid))
+
+    def gradient_attention(self, pixels: Any, queries: Queries) -> Any:
+        """Gradient-weighted attention (Chefer et al. 2021, as MedFocus's baseline): ReLU(dlogit/dA) * A
+        of the last layer, heads averaged, answer-token row, image columns; [B, F, gh, gw]."""
+        import torch
+
+        from .attribution import answer_attention
+
+        tokens = self.image_features(pixels).detach().requires_grad_(True)
+        b, f = pixels.shape[0], queries.input_ids.shape[0]
+        out = torch.zeros((b, f, self.grid[0] * self.grid[1]), device=pixels.device)
+        logit, kept, _ = self._run(tokens, queries, attentions=True)
+        for chunk, lengths, layers in kept or []:
+            attention = layers[-1]
+            chosen = logit[chunk[:, 0], chunk[:, 1]]
+            (grad,) = torch.autograd.grad(chosen.sum(), attention, retain_graph=True)
+            weighted = torch.relu(grad.float()) * attention.float()
+            out[chunk[:, 0], chunk[:, 1]] = answer_attention(weighted, lengths, queries.image_positions)
+        return out.reshape(b, f, *self.grid).detach()
