@@ -36,6 +36,7 @@ from .types import (
     ModelOutput,
     ModelSpec,
     Option,
+    Phrase,
     Sample,
 )
 

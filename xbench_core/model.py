@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .geometry import Geometry
-from .types import ModelOutput
+from .types import ModelOutput, Phrase
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,12 @@ class Model:
         """One batch [B, C, h, w] on the device -> scores [B, F] and maps {kind: [B, F, gh, gw]}."""
         raise NotImplementedError
 
+    # ---- optional, for phrase grounding -----------------------------------------------------
+    def encode_phrases(self, phrases: Sequence[Phrase]) -> Any:
+        """The text side for these phrases (each with its finding), in the form `forward` takes:
+        one column per phrase. Called per batch by the engine; cache by text inside."""
+        raise NotImplementedError
+
     # ---- optional, for gradient explainers -------------------------------------------------
     def logits(self, pixels: Any, queries: Any) -> Any:
         """Differentiable per-finding logits [B, F] (the quantity whose gradient explains the score)."""
@@ -75,8 +81,10 @@ class Model:
         raise NotImplementedError
 
     def capabilities(self) -> frozenset[str]:
-        """What this object offers explainers: "logits", "feature_layer"."""
+        """What this object offers the engine and explainers: "logits", "feature_layer", "phrases"."""
         caps = set()
+        if type(self).encode_phrases is not Model.encode_phrases:
+            caps.add("phrases")
         if type(self).logits is not Model.logits:
             caps.add("logits")
         if type(self).feature_layer is not Model.feature_layer:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ConfigError, PluginError, XBenchError
+from .errors import ConfigError, DataError, PluginError, XBenchError
 
 if TYPE_CHECKING:  # numpy and the region/geometry modules stay out of `xbench list`'s imports
     import numpy as np
@@ -25,6 +25,7 @@ __all__ = [
     "ExplainerSpec",
     "MetricSpec",
     "Sample",
+    "Phrase",
     "ModelOutput",
     "resolve_factory",
 ]
@@ -215,6 +216,16 @@ class MetricSpec(_Spec):
     higher_is_better: bool = True
 
 
+@dataclass(frozen=True)
+class Phrase:
+    """A text query of one sample (phrase grounding): a report sentence about one finding, with
+    that sentence's own region (None when the sentence has no annotated region)."""
+
+    text: str
+    finding: str
+    region: Region | None = None
+
+
 @dataclass
 class Sample:
     """One image of a dataset with its labels and ground-truth regions (picklable).
@@ -222,6 +233,10 @@ class Sample:
     `image` is H x W float32 in [0, 1] at original resolution (modality LUT, windowing and
     MONOCHROME1 inversion applied). `labels` maps finding ids to 0 or 1; a finding absent from it
     is unknown. `regions` maps finding ids to the region of an annotated positive.
+
+    `phrases` (phrase grounding, e.g. MS-CXR) are the sample's own text queries, at most one per
+    finding: each makes its finding a positive with the phrase's region, and models that encode
+    phrases are queried with the text instead of the finding (findings-only datasets leave it empty).
     """
 
     dataset: str
@@ -230,6 +245,20 @@ class Sample:
     labels: dict[str, int] = field(default_factory=dict)
     regions: dict[str, Region] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    phrases: tuple[Phrase, ...] = ()
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for phrase in self.phrases:
+            if phrase.finding in seen:
+                raise DataError(
+                    f"sample {self.id}: two phrases for {phrase.finding}; a sample carries at most "
+                    "one phrase per finding (make one sample per image-phrase pair)"
+                )
+            seen.add(phrase.finding)
+            self.labels[phrase.finding] = 1
+            if phrase.region is not None:
+                self.regions[phrase.finding] = phrase.region
 
     @property
     def size(self) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 `encode_queries`, `forward` and `explain`. The run loop and the conformance suites
 (`xbench_core.testing`) both call these, so a suite tests a plugin exactly as a run uses it.
 
-- `encode_queries` runs under `torch.no_grad()`, not `torch.inference_mode()`: the queries are
+- `encode_queries` (and `encode_phrases`, per batch) runs under `torch.no_grad()`, not `torch.inference_mode()`: the queries are
   encoded once and reused by every batch, and gradient explainers build graphs with them (autograd
   cannot save inference tensors for backward). No graph is recorded either way.
 - `forward` and explainers without gradients run under `torch.inference_mode()`.
@@ -24,6 +24,14 @@ def encode_queries(model: Any, findings: Sequence[str]) -> Any:
 
     with torch.no_grad():
         return model.encode_queries(list(findings))
+
+
+def encode_phrases(model: Any, phrases: Sequence[Any]) -> Any:
+    """The model's queries for one batch's phrases (as `encode_queries`: no_grad, ordinary tensors)."""
+    import torch
+
+    with torch.no_grad():
+        return model.encode_phrases(list(phrases))
 
 
 def forward(model: Any, pixels: Any, queries: Any, device: Any = None, precision: str = "fp32") -> ModelOutput:

@@ -29,6 +29,7 @@ from ..store import RunStore
 from . import calls
 from .config import RunConfig
 from .device import resolve_device
+from .phrases import Columns, batch_queries, sample_phrases
 from .plan import DatasetPlan, plan_dataset
 from .problems import summarize_problems
 from .shapes import maps_problem, scores_problem
@@ -79,6 +80,7 @@ class Items:
             sample = self.dataset[index]  # the dataset's one entry point
             item["id"] = sample.id
             item["labels"] = sample.labels
+            item["phrases"] = sample_phrases(sample)
             if not np.isfinite(sample.image).all():
                 raise XBenchError(f"image of {sample.id} has NaN or infinite pixels")
             if unfit := image_fit_problem(sample):
@@ -171,6 +173,7 @@ class Runner:
                 "random_weights": bool(getattr(model, "random_weights", False)),
                 "map_kind": getattr(model, "map_kind", spec.map_kind),
                 "note": spec.note,
+                "phrases": "phrases" in model.capabilities(),  # reads Sample.phrases' text
                 "options": comp.options,
                 **({"batch_size": self.loader_batch} if self.cfg.auto_batch else {}),
             }
@@ -299,6 +302,7 @@ class Runner:
         pixels = torch.stack([it["pixels"][m.name] for it in good])
         pixels = pixels.to(self.device, non_blocking=True)
         try:
+            queries, columns = batch_queries(m.model, findings, queries, good)
             output = calls.forward(m.model, pixels, queries, self.device, self.cfg.precision)
             if problem := scores_problem(m.name, output.scores, len(good), findings):
                 raise MapError(problem)
@@ -311,6 +315,8 @@ class Runner:
                 self._fail(where, m, it["id"], f"forward failed: {_reason(exc, len(good))}")
             return
         part = self._faithful(lambda: self.faithfulness.part(m.model, pixels, queries, scores, findings, good, m.name), len(good))
+        if columns is not None and part is not None:  # its passes read finding columns
+            part = "faithfulness is not computed for phrase queries"
         for ename, explainer, espec in m.explainers:
             try:
                 maps = calls.explain(explainer, espec.needs_grad, m.model, pixels, queries, output, self.device, self.cfg.precision)
@@ -332,7 +338,7 @@ class Runner:
                     return calls.explain(explainer, espec.needs_grad, model, x, q, out, self.device, self.cfg.precision)
 
                 faith = self._faithful(lambda maps=maps, again=again: part.measure(maps, again), len(good))
-            self._records(where, m, ename, findings, good, scores, maps, faith)
+            self._records(where, m, ename, findings, good, scores, maps, faith, columns)
 
     def _faithful(self, compute: Any, images: int) -> Any:
         """The faithfulness pass's values (None when it is off), or the reason it failed (stored in
@@ -372,6 +378,7 @@ class Runner:
         scores: np.ndarray,
         maps: Any,
         faith: Any = None,
+        columns: Columns | None = None,
     ) -> None:
         import torch
 
@@ -384,6 +391,8 @@ class Runner:
         geometries: dict[str, Any] = {}
         for b, it in enumerate(items):
             known = [(j, f) for j, f in enumerate(findings) if it["labels"].get(f) is not None]
+            if columns is not None:  # phrase queries: the sample's own columns
+                known = columns[b]
             rows: dict[str, dict[str, Any]] = {}
             for j, f in known:
                 score = float(scores[b, j])

@@ -137,7 +137,7 @@ def test_scores_maps_and_logits_by_hand():
     logits[:, 1].sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     torch.testing.assert_close(torch.sigmoid(logits.detach()), out.scores)
-    assert toy.capabilities() == {"logits"}
+    assert toy.capabilities() == {"logits", "phrases"}
 
 
 def test_preprocess_shortest_side_crop_and_normalization():

@@ -235,16 +235,41 @@ class PromptPairMixin:
             negative_prompts=negative_prompts,
         )
 
+    def encode_phrases(self, phrases: Sequence[Any]) -> PromptEmbeddings:
+        """Phrase grounding: each phrase's text is its positive prompt as it is (a sentence, no
+        template), its finding's negative prompt(s) the negative side; one column per phrase."""
+        unknown = sorted({p.finding for p in phrases if p.finding not in self.queries})
+        if unknown:
+            raise UnsupportedFinding(f"{self.name} cannot express {', '.join(unknown)}")
+        positive_prompts = tuple((p.text,) for p in phrases)
+        negative_prompts = tuple(
+            tuple(fill(t, self.queries[p.finding]) for t in self.negative_templates) for p in phrases
+        )
+        return PromptEmbeddings(
+            findings=tuple(p.finding for p in phrases),
+            positive=self._embed(positive_prompts, 1),
+            negative=self._embed(negative_prompts, len(self.negative_templates)),
+            positive_prompts=positive_prompts,
+            negative_prompts=negative_prompts,
+        )
+
     def _embed(self, prompts: tuple[tuple[str, ...], ...], per: int) -> Any:
-        """[F, D]: per finding, the normalized mean of its `per` normalized prompt embeddings."""
+        """[F, D]: per finding, the normalized mean of its `per` normalized prompt embeddings.
+
+        Normalized embeddings are cached by text (phrases are encoded batch after batch, and a
+        negative prompt repeats for every phrase of its finding)."""
         import torch
         import torch.nn.functional as F
 
         if not prompts:
             return torch.zeros(0, self.text_width, device=self.device)
+        cache: dict[str, Any] = self.__dict__.setdefault("_text_cache", {})
         flat = [p for group in prompts for p in group]
-        with torch.no_grad():
-            emb = F.normalize(self._encode_text(flat).float(), dim=-1)
+        new = list(dict.fromkeys(p for p in flat if p not in cache))
+        if new:
+            with torch.no_grad():
+                cache.update(zip(new, F.normalize(self._encode_text(new).float(), dim=-1)))
+        emb = torch.stack([cache[p] for p in flat])
         return F.normalize(emb.reshape(len(prompts), per, -1).mean(dim=1), dim=-1)
 
     # ---- scores and maps ---------------------------------------------------------------------

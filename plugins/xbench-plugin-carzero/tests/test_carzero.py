@@ -68,7 +68,24 @@ def test_spec_and_random_flag(model) -> None:  # noqa: ANN001
     assert spec.map_kind == "cross_attention" and model.map_kind == "cross_attention"
     assert {o.name for o in spec.options} == {"checkpoint", "text_encoder"}
     assert model.random_weights is True
-    assert model.capabilities() == {"logits", "feature_layer"}
+    assert model.capabilities() == {"logits", "feature_layer", "phrases"}
+
+
+def test_phrases_are_prompts_as_they_are_and_cached(model) -> None:  # noqa: ANN001
+    from xbench_core import Phrase
+
+    text = "There is a small left apical pneumothorax"
+    phrases = [Phrase(text, "pneumothorax"), Phrase("Mild cardiomegaly", "cardiomegaly")]
+    with torch.no_grad():
+        q = model.encode_phrases(phrases)
+        sentence, memory = model._encode_prompts([text])
+        again = model.encode_phrases([phrases[1], phrases[0]])
+    assert q.findings == ("pneumothorax", "cardiomegaly") and q.prompts[0] == text
+    assert q.memory.shape == (2, 98, 768)
+    # alone or beside a shorter prompt: the same up to float rounding (BERT runs to the longest)
+    torch.testing.assert_close(q.sentence[0], sentence[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(q.memory[0], memory[0], rtol=1e-4, atol=1e-4)
+    assert torch.equal(again.memory[1], q.memory[0])  # from the cache
 
 
 def test_query_table() -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from xbench_blocks.frozen_text import BIO_CLINICALBERT_SHAPE
 
-from xbench_core import AssetError, FeatureLayer, Geometry, Model, ModelOutput, UnsupportedFinding
+from xbench_core import AssetError, FeatureLayer, Geometry, Model, ModelOutput, Phrase, UnsupportedFinding
 from xbench_core.assets import resolve_asset
 from xbench_core.checkpoints import load_checkpoint, load_state_dict_strict
 
@@ -140,6 +140,27 @@ class CARZero(Model):
                 f"{', '.join(sorted(self.queries))}"
             )
         prompts = [self.queries[f] for f in findings]
+        sentence, memory = self._encode_prompts(prompts)
+        return CARZeroQueries(tuple(findings), tuple(prompts), sentence, memory)
+
+    def encode_phrases(self, phrases: Sequence[Phrase]) -> CARZeroQueries:
+        """Phrase grounding: each phrase's text is the prompt as it is (CARZero learned its text
+        side from report sentences, the very kind of text MS-CXR phrases are); cached by text."""
+        cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = self.__dict__.setdefault("_phrases", {})
+        new = list(dict.fromkeys(p.text for p in phrases if p.text not in cache))
+        if new:
+            sentence, memory = self._encode_prompts(new)
+            cache.update((t, (sentence[i], memory[i])) for i, t in enumerate(new))
+        texts = [p.text for p in phrases]
+        return CARZeroQueries(
+            tuple(p.finding for p in phrases),
+            tuple(texts),
+            torch.stack([cache[t][0] for t in texts]),
+            torch.stack([cache[t][1] for t in texts]),
+        )
+
+    def _encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sentence embeddings [N, 768] and the text-to-image memory [N, 98, 768] of these prompts."""
         tokens = tokenize(self.tokenizer, prompts)
         merge = merge_matrix(tokens["input_ids"], self._vocabulary, self.tokenizer.sep_token_id)
         # BERT runs only up to the longest prompt: the padding tokens after it are masked out of
@@ -153,8 +174,7 @@ class CARZero(Model):
             tokens["token_type_ids"][:, :length].to(device),
             merge[:, :, :length].to(device),
         )
-        memory = torch.cat([sentence[:, None], words], dim=1)
-        return CARZeroQueries(tuple(findings), tuple(prompts), sentence, memory)
+        return sentence, torch.cat([sentence[:, None], words], dim=1)
 
     def _passes(
         self, pixels: torch.Tensor, queries: CARZeroQueries, need_weights: bool
