@@ -228,17 +228,25 @@ class TestConformance(ExplainerPluginTests):
         assert spec.summary and spec.requires == {"logits", "feature_layer"}
 
 
+PERTURBATION = ("scorecam", "ablationcam")  # K forwards per image and finding
+
+
+def _xbench() -> list[str]:
+    exe = Path(sys.executable).with_name("xbench")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "xbench_core"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["clip", "medklip"])
 def test_every_method_through_xbench_run(model: str, tmp_path: Path) -> None:
-    """Each method, at random weights, on two phantom images; maps not constant, no errors."""
+    """Each gradient and eigen method, at random weights, on a phantom image through `xbench run`;
+    maps not constant, no errors. (Score-CAM and Ablation-CAM: the next test, one finding.)"""
     if model not in get_registry().models:
         pytest.skip(f"model plugin {model!r} is not installed")
-    exe = Path(sys.executable).with_name("xbench")
     run = tmp_path / "run"
-    names = sorted(METHODS)
+    names = sorted(set(METHODS) - set(PERTURBATION))
     proc = subprocess.run(
-        [str(exe), "run", "--models", model, "--set", f"{model}.checkpoint=random",
+        [*_xbench(), "run", "--models", model, "--set", f"{model}.checkpoint=random",
          "--explainers", ",".join(names), "--set", "phantom.size=2",
          "--set", "phantom.resolution=64", "--limit", "1", "--device", "cpu", "--out", str(run)],
         capture_output=True, text=True, env=dict(os.environ), timeout=3600,
@@ -254,6 +262,29 @@ def test_every_method_through_xbench_run(model: str, tmp_path: Path) -> None:
         ]
         scored = [r for r in records if r["stats"] is not None]
         assert scored and not [r for r in scored if r["stats"]["constant_map"]], name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["clip", "medklip"])
+@pytest.mark.parametrize("name", PERTURBATION)
+def test_perturbation_methods_on_real_models(model: str, name: str) -> None:
+    """Score-CAM and Ablation-CAM at random weights on one phantom image and one finding, called as
+    the engine calls them (inference mode): finite, not constant, on the feature grid."""
+    from xbench_core.builtin.phantom import Phantom
+
+    if model not in get_registry().models:
+        pytest.skip(f"model plugin {model!r} is not installed")
+    m = get_registry().models[model].build(checkpoint="random")
+    m.module.eval()
+    phantom = Phantom(2, resolution=64)
+    image = phantom.load_image(phantom.annotation(0))
+    pixels = m.preprocess(image)[0][None]
+    with torch.inference_mode():
+        queries = m.encode_queries(["pleural_effusion"])
+        output = m.forward(pixels, queries)
+        maps = get_registry().explainers[name].build(batch=64).explain(m, pixels, queries, output)
+    assert maps.shape == (1, 1, 14, 14) and torch.isfinite(maps).all()
+    assert float(maps.max() - maps.min()) > 0
 
 
 def test_finercam_with_one_finding_is_gradcam() -> None:
