@@ -50,6 +50,7 @@ __all__ = [
     "encode_queries",
     "forward",
     "explain",
+    "feature_grid_gradient",
 ]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -246,6 +247,23 @@ class ModelPluginTests:
 
     def test_unsupported_findings_are_not_scored(self, model: Model) -> None:
         assert not model.supports("definitely_not_a_finding")
+
+
+def feature_grid_gradient(model: Model, pixels: Any, findings: list[str]) -> Any:
+    """|d sum(logits) / d feature layer| summed over channels, [B, gh, gw]: a cell at 0 has no
+    path to the logits, and every gradient CAM is blank there (e.g. a ViT's last block output
+    when the class token is pooled)."""
+    import torch
+
+    layer = model.feature_layer()
+    seen: list[Any] = []
+    handle = layer.module.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        logits = model.logits(pixels, model.encode_queries(findings))
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits.sum(), seen[0])
+    return layer.to_grid(grad).abs().sum(dim=1)
 
 
 class ExplainerPluginTests:
