@@ -259,7 +259,7 @@ def feature_grid_gradient(model: Model, pixels: Any, findings: list[str]) -> Any
     seen: list[Any] = []
     handle = layer.module.register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:
-        logits = model.logits(pixels, model.encode_queries(findings))
+        logits = model.logits(pixels, encode_queries(model, findings))
     finally:
         handle.remove()
     (grad,) = torch.autograd.grad(logits.sum(), seen[0])
