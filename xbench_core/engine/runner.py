@@ -315,7 +315,7 @@ class Runner:
                 self._fail(where, m, it["id"], f"forward failed: {_reason(exc, len(good))}")
             return
         part = self._faithful(lambda: self.faithfulness.part(m.model, pixels, queries, scores, findings, good, m.name), len(good))
-        if columns is not None and part is not None:  # its passes read finding columns
+        if columns is not None and part is not None:  # its passes read finding columns, not phrases'
             part = "faithfulness is not computed for phrase queries"
         for ename, explainer, espec in m.explainers:
             try:
