@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--findings", type=int, default=len(FINDINGS), help="query the first N findings")
     p.add_argument(
         "--explainers",
         default="gradcam,gradcampp,rise",
@@ -65,7 +66,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build(args.model)
-    findings = [f for f in FINDINGS if model.supports(f)]
+    findings = [f for f in FINDINGS if model.supports(f)][: args.findings]
     rng = np.random.default_rng(0)
     pixels = torch.stack(
         [
