@@ -215,6 +215,7 @@ class PromptPairMixin:
     def encode_queries(self, findings: Sequence[str]) -> PromptEmbeddings:
         """Embed the positive and negative prompts of these findings once (ensembles averaged)."""
         findings = tuple(findings)
+        self._text_cache: dict[str, Any] = {}  # a new run's text side: nothing stale from other weights
         unknown = [f for f in findings if f not in self.queries]
         if unknown:
             raise UnsupportedFinding(

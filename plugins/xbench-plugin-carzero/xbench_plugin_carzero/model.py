@@ -140,6 +140,7 @@ class CARZero(Model):
                 f"{', '.join(sorted(self.queries))}"
             )
         prompts = [self.queries[f] for f in findings]
+        self._phrases: dict[str, Any] = {}  # a new run's text side: no phrase cached from other weights
         sentence, memory = self._encode_prompts(prompts)
         return CARZeroQueries(tuple(findings), tuple(prompts), sentence, memory)
 
