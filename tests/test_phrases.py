@@ -56,7 +56,7 @@ def test_batch_queries_columns() -> None:
 def test_prompt_pair_phrases_and_text_cache() -> None:
     import torch
 
-    from xbench_core import PromptPairMixin
+    from xbench_blocks.prompts import PromptPairMixin
     from xbench_core.model import Model
 
     class Toy(PromptPairMixin, Model):

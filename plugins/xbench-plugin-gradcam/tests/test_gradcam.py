@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from xbench_plugin_gradcam import METHODS
 
-from xbench_core import FeatureLayer, MapError, Model, ModelOutput, squash
+from xbench_core import FeatureLayer, MapError, Model, ModelOutput
+from xbench_core.geometry import squash
 from xbench_core.testing import ExplainerPluginTests, get_registry
 
 FINDINGS = ["nodule", "mass", "pneumothorax"]

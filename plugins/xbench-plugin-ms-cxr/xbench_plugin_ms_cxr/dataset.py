@@ -19,22 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from xbench_core import (
-    ConfigError,
-    DataError,
-    Dataset,
-    Phrase,
-    Problem,
-    Region,
-    Sample,
-    clip_box,
-    open_text,
-    read_json,
-    require_choice,
-    require_file,
-    select_listed,
-    under_root,
-)
+from xbench_core import ConfigError, DataError, Dataset, Phrase, Problem, Region, Sample
+from xbench_core.dataset import require_file
+from xbench_core.io import open_text
+from xbench_core.io.layout import clip_box, read_json, require_choice, select_listed, under_root
 
 from . import CATEGORIES, FINDINGS, SPLITS
 
