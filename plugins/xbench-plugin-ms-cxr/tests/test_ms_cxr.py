@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from xbench_core import ConfigError, DataError, Dataset
-from xbench_core.testing import DatasetPluginTests, get_registry, inspect_dataset
+from xbench_core.inspect import inspect_dataset
+from xbench_core.testing import DatasetPluginTests, get_registry
 
 HEADER = ["dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height", "split"]
 IMAGES = {  # dicom_id -> (subject, study, H, W)
