@@ -14,7 +14,7 @@ from xbench_core import DataError, DatasetSpec, ModelSpec, Option, Phrase, Regio
 from xbench_core.builtin.baselines import GRID, _Baseline
 from xbench_core.builtin.phantom import Phantom
 from xbench_core.engine.config import build_config
-from xbench_core.engine.phrases import batch_queries
+from xbench_core.engine.phrases import batch_queries, column_names
 from xbench_core.engine.session import execute
 from xbench_core.testing import temporary_plugin
 from xbench_core.types import ModelOutput
@@ -47,6 +47,11 @@ def test_batch_queries_columns() -> None:
     queries, columns = batch_queries(model, ["pleural_effusion", "nodule"], "finding-queries", items)
     assert queries == ["left effusion", "a nodule"] and model.calls == [[a, b]]
     assert columns == [[(0, "pleural_effusion"), (1, "nodule")], [(0, "pleural_effusion")], []]
+    # the outputs are checked against one column per distinct phrase, not per finding of the run
+    assert column_names(["nodule", "pleural_effusion", "hernia"], columns) == ["pleural_effusion", "nodule"]
+    assert column_names(["nodule"], None) == ["nodule"]
+    # no phrase of a finding the run scores: the finding queries, no text query of zero columns
+    assert batch_queries(model, ["cardiomegaly"], "q", items) == ("q", None)
     # findings-only batches and models without encode_phrases keep the run's finding queries
     assert batch_queries(model, ["nodule"], "q", [{"phrases": ()}]) == ("q", None)
     assert batch_queries(_Baseline(), ["nodule"], "q", items) == ("q", None)

@@ -37,4 +37,14 @@ def batch_queries(
             if phrase.finding in supported:
                 mine.append((order.setdefault(phrase, len(order)), phrase.finding))
         columns.append(mine)
+    if not order:  # no phrase of a finding the run scores: nothing to query by text
+        return queries, None
     return calls.encode_phrases(model, list(order)), columns
+
+
+def column_names(findings: list[str], columns: Columns | None) -> list[str]:
+    """The finding of each query column of a batch: the output shapes are checked against these."""
+    if columns is None:
+        return findings
+    names: dict[int, str] = {j: f for mine in columns for j, f in mine}
+    return [names[j] for j in range(len(names))]

@@ -29,7 +29,7 @@ from ..store import RunStore
 from . import calls
 from .config import RunConfig
 from .device import resolve_device
-from .phrases import Columns, batch_queries, sample_phrases
+from .phrases import Columns, batch_queries, column_names, sample_phrases
 from .plan import DatasetPlan, plan_dataset
 from .problems import summarize_problems
 from .shapes import maps_problem, scores_problem
@@ -303,8 +303,9 @@ class Runner:
         pixels = pixels.to(self.device, non_blocking=True)
         try:
             queries, columns = batch_queries(m.model, findings, queries, good)
+            names = column_names(findings, columns)
             output = calls.forward(m.model, pixels, queries, self.device, self.cfg.precision)
-            if problem := scores_problem(m.name, output.scores, len(good), findings):
+            if problem := scores_problem(m.name, output.scores, len(good), names):
                 raise MapError(problem)
             scores = output.scores.float().cpu().numpy()
         except Exception as exc:
@@ -320,7 +321,7 @@ class Runner:
         for ename, explainer, espec in m.explainers:
             try:
                 maps = calls.explain(explainer, espec.needs_grad, m.model, pixels, queries, output, self.device, self.cfg.precision)
-                if problem := maps_problem(f"model {m.name} with explainer {ename}", maps, len(good), findings):
+                if problem := maps_problem(f"model {m.name} with explainer {ename}", maps, len(good), names):
                     raise MapError(problem)
             except Exception as exc:
                 self._raise_if_retry(exc, len(good))
