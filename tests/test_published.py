@@ -34,6 +34,9 @@ def test_components_match_the_installed_plugins() -> None:
     ("rsna", "xbench-plugin-rsna-pneumonia"), ("rsna-pneumonia", "xbench-plugin-rsna-pneumonia"),
     ("xbench-plugin-kad", "xbench-plugin-kad"), ("rise", "xbench-plugin-explainers"),
     ("chestx_det10", "xbench-plugin-chestx-det10"), ("./plugins/mine", "./plugins/mine"),
+    # a component name wins over another distribution's short name
+    ("gradcam", "xbench-plugin-explainers"), ("hirescam", "xbench-plugin-gradcam"),
+    ("xbench-plugin-gradcam", "xbench-plugin-gradcam"), ("ms-cxr", "xbench-plugin-ms-cxr"),
 ])
 def test_install_names_resolve_to_published_distributions(name: str, dist: str) -> None:
     assert install_name(name) == dist
@@ -64,6 +67,11 @@ def test_unknown_component_hints_only_published_plugins(monkeypatch: pytest.Monk
     try:
         with pytest.raises(ConfigError, match=r"It is in xbench-plugin-devide: `xbench install devide`"):
             registry.get("models", "devide")
+        # the name the hint gives resolves back to the distribution it names
+        with pytest.raises(ConfigError, match=r"It is in xbench-plugin-gradcam: `xbench install xbench-plugin-gradcam`"):
+            registry.get("explainers", "hirescam")
+        with pytest.raises(ConfigError, match=r"It is in xbench-plugin-explainers: `xbench install explainers`"):
+            registry.get("explainers", "gradcam")
         with pytest.raises(ConfigError) as info:
             registry.get("models", "my-own-model")
         assert "install" not in str(info.value)

@@ -82,10 +82,10 @@ class Registry:
         fail = ""
         if self.failures:
             fail = " Some plugins failed to load: see `xbench plugins`."
-        from .published import PREFIX, published_distribution
+        from .published import published_distribution, short_name
 
         dist = published_distribution(name)  # only ever a name this project publishes
-        install = f" It is in {dist}: `xbench install {dist.removeprefix(PREFIX)}`." if dist else ""
+        install = f" It is in {dist}: `xbench install {short_name(dist)}`." if dist else ""
         raise ConfigError(f"no {kind[:-1]} named {name!r}.{hint} Installed: {avail}.{install}{fail}")
 
     def owner(self, kind: str, name: str) -> Distribution:

@@ -22,10 +22,15 @@ PUBLISHED: dict[str, tuple[str, ...]] = {
     "xbench-plugin-covid-rural": ("covid-rural",),
     "xbench-plugin-devide": ("devide",),
     "xbench-plugin-explainers": ("gradcam", "gradcampp", "rise"),
+    "xbench-plugin-gradcam": (
+        "ablationcam", "eigencam", "eigengradcam", "finercam", "fullgrad", "gradcam_elementwise",
+        "hirescam", "kpcacam", "layercam", "scorecam", "xgradcam",
+    ),
     "xbench-plugin-kad": ("kad",),
     "xbench-plugin-lvlm": ("lvlm", "lvlm-attention-mean", "lvlm-gradient-attention", "lvlm-rollout"),
     "xbench-plugin-mavl": ("mavl",),
     "xbench-plugin-medklip": ("medklip",),
+    "xbench-plugin-ms-cxr": ("ms-cxr",),
     "xbench-plugin-rsna-pneumonia": ("rsna-pneumonia",),
     "xbench-plugin-siim-pneumothorax": ("siim-pneumothorax",),
     "xbench-plugin-vindr-cxr": ("vindr-cxr",),
@@ -33,13 +38,22 @@ PUBLISHED: dict[str, tuple[str, ...]] = {
 
 
 def _names() -> dict[str, str]:
-    """Every name that resolves, to its distribution: full, short and component names."""
+    """Every name that resolves, to its distribution: full, short and component names. A component
+    name wins over another distribution's short name (`gradcam` is the explainer of
+    xbench-plugin-explainers, not the short name of xbench-plugin-gradcam)."""
     out: dict[str, str] = {}
-    for dist, components in PUBLISHED.items():
+    for dist in PUBLISHED:
         out[dist] = out[dist.removeprefix(PREFIX)] = dist
+    for dist, components in PUBLISHED.items():
         for c in components:
-            out.setdefault(c, dist)
+            out[c] = dist
     return out
+
+
+def short_name(dist: str) -> str:
+    """The shortest name of a published distribution that `xbench install` resolves back to it."""
+    short = dist.removeprefix(PREFIX)
+    return short if published_distribution(short) == dist else dist
 
 
 def published_distribution(name: str) -> str | None:
