@@ -14,7 +14,8 @@ PUBLIC = [
     "AssetError", "CheckpointError", "ConfigError", "DataError", "Dataset", "DatasetSpec",
     "Explainer", "ExplainerSpec", "FINDINGS", "FeatureLayer", "FindingData", "Geometry",
     "ImageReadError", "MapError", "MetricSpec", "Model", "ModelOutput", "ModelSpec", "Option",
-    "PluginError", "Problem", "Region", "Sample", "Undefined", "UnsupportedFinding", "XBenchError",
+    "Phrase", "PluginError", "Problem", "Region", "Sample", "Undefined", "UnsupportedFinding",
+    "XBenchError",
     "canonical", "display_name", "get_registry", "hookimpl",
 ]  # fmt: skip
 
@@ -24,7 +25,7 @@ TOOLKIT = ["xbench_core.io", "xbench_core.testing", "xbench_core.metrics"]
 
 def test_the_public_face_is_pinned() -> None:
     assert sorted(xbench_core.__all__) == sorted(PUBLIC)
-    assert len(set(xbench_core.__all__)) == len(xbench_core.__all__) == 30
+    assert len(set(xbench_core.__all__)) == len(xbench_core.__all__) == 31
 
 
 def test_every_name_resolves_to_its_defining_object() -> None:

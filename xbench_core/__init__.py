@@ -82,8 +82,9 @@ __all__ = [
     "UnsupportedFinding", "AssetError", "CheckpointError",
     # hooks and the specs plugins register
     "hookimpl", "DatasetSpec", "ModelSpec", "ExplainerSpec", "MetricSpec", "Option",
-    # what datasets, models and explainers exchange
-    "Sample", "Region", "ModelOutput", "Geometry",
+    # what datasets, models and explainers exchange (Phrase: a sample's text query, Sample.phrases,
+    # read by Model.encode_phrases)
+    "Sample", "Phrase", "Region", "ModelOutput", "Geometry",
     # the base classes plugins implement
     "Dataset", "Problem", "Model", "FeatureLayer", "Explainer",
     # findings

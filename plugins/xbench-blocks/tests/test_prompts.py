@@ -27,6 +27,7 @@ from xbench_core import (  # noqa: E402
     DataError,
     Geometry,
     Model,
+    Phrase,
     UnsupportedFinding,
 )
 from xbench_core.testing import encode_queries  # noqa: E402
@@ -187,3 +188,39 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_phrases_and_text_cache() -> None:
+    """Phrases are encoded as their text (positive) and the finding's negative prompt; each text
+    once per model (a cache shared with the finding queries)."""
+    import torch
+    from xbench_blocks.prompts import PromptPairMixin
+
+    from xbench_core.model import Model
+
+    class Toy(PromptPairMixin, Model):
+        name = "toy"
+        text_width = 4
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = torch.nn.Linear(1, 1)
+            self.encoded: list[str] = []
+
+        def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+            self.encoded += prompts
+            return torch.stack([torch.tensor([len(p), p.count("e"), 1.0, ord(p[0])]) for p in prompts])
+
+    toy = Toy()
+    phrases = [Phrase("right effusion", "pleural_effusion"), Phrase("big heart", "cardiomegaly")]
+    q = toy.encode_phrases(phrases)
+    assert q.positive_prompts == (("right effusion",), ("big heart",))
+    assert q.negative_prompts == (("no pleural effusion",), ("no cardiomegaly",))
+    by_hand = torch.nn.functional.normalize(toy._encode_text(["big heart"]), dim=-1)[0]
+    assert torch.allclose(q.positive[1], by_hand)
+    toy.encoded.clear()
+    again = toy.encode_phrases([phrases[1], Phrase("left effusion", "pleural_effusion")])
+    assert toy.encoded == ["left effusion"]  # everything else came from the cache
+    assert torch.equal(again.positive[0], q.positive[1]) and torch.equal(again.negative[1], q.negative[0])
+    # the finding queries share the cache and give what they gave before
+    assert torch.equal(toy.encode_queries(["cardiomegaly"]).negative[0], q.negative[1])
