@@ -383,13 +383,17 @@ class Runner:
     ) -> None:
         import torch
 
-        from ..grounding import evaluate_maps
+        from ..grounding_batch import evaluate_batch
         from ..protocols import protocol_values
 
         dataset, split = where
         records: list[Record] = []
         saved: dict[str, Any] = {}
         geometries: dict[str, Any] = {}
+        # one finiteness check and one grounding call for the whole batch (one sync on a device)
+        finite = torch.isfinite(maps).flatten(2).all(2).cpu().numpy() if maps is not None and findings else None
+        item_rows: list[dict[str, dict[str, Any]]] = []
+        grounded: list[tuple[int, int, str]] = []  # (b, j, finding) of the maps to ground
         for b, it in enumerate(items):
             known = [(j, f) for j, f in enumerate(findings) if it["labels"].get(f) is not None]
             if columns is not None:  # phrase queries: the sample's own columns
@@ -403,25 +407,30 @@ class Runner:
                 if self.cfg.save_maps:
                     saved[f"{it['id']}|{f}"] = maps[b, j]
                     geometries[it["id"]] = it["geometry"][m.name]
-            with_region = [(j, f) for j, f in known if f in it["masks"] and "error" not in rows[f]]
-            finite = [(j, f) for j, f in with_region if bool(torch.isfinite(maps[b, j]).all())]
-            for j, f in with_region:
-                if (j, f) not in finite:
-                    rows[f]["error"] = str(MapError("map has NaN or infinite values"))
-            if finite:
-                idx = torch.tensor([j for j, _ in finite], device=maps.device)
-                masks = [it["masks"][f] for _, f in finite]
-                stats = evaluate_maps(maps[b].index_select(0, idx), it["geometry"][m.name], it["eval_size"], masks)
-                for (j, f), st in zip(finite, stats.rows()):
-                    if st["region_px"] == 0:
-                        rows[f]["error"] = "region is empty at the eval frame (raise grounding.eval_size)"
+            for j, f in known:
+                if f in it["masks"] and "error" not in rows[f]:
+                    if finite[b, j]:
+                        grounded.append((b, j, f))
                     else:
-                        rows[f]["stats"] = st
-                        if faith is not None:
-                            rows[f]["faithfulness"] = faith.get((b, f)) if isinstance(faith, dict) else {"error": faith}
-                        if self.cfg.protocol.name != "xbench":
-                            st["extra"].update(protocol_values(
-                                self.cfg.protocol, maps[b, j], it["geometry"][m.name], it["masks"][f], rows[f]["score"], f))
+                        rows[f]["error"] = str(MapError("map has NaN or infinite values"))
+            item_rows.append(rows)
+        if grounded:
+            bs, js = (torch.tensor(v, device=maps.device) for v in zip(*[(b, j) for b, j, _ in grounded]))
+            stats = evaluate_batch(maps[bs, js], [items[b]["geometry"][m.name] for b, _, _ in grounded],
+                                   [items[b]["eval_size"] for b, _, _ in grounded],
+                                   [items[b]["masks"][f] for b, _, f in grounded])
+            for (b, j, f), st in zip(grounded, stats):
+                it, row = items[b], item_rows[b][f]
+                if st["region_px"] == 0:
+                    row["error"] = "region is empty at the eval frame (raise grounding.eval_size)"
+                else:
+                    row["stats"] = st
+                    if faith is not None:
+                        row["faithfulness"] = faith.get((b, f)) if isinstance(faith, dict) else {"error": faith}
+                    if self.cfg.protocol.name != "xbench":
+                        st["extra"].update(protocol_values(
+                            self.cfg.protocol, maps[b, j], it["geometry"][m.name], it["masks"][f], row["score"], f))
+        for it, rows in zip(items, item_rows):
             for f, row in rows.items():
                 records.append(make_record(dataset, split, it["id"], m.name, explainer, f, len(rows), **row))
                 if row.get("error"):
