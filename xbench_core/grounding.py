@@ -176,7 +176,12 @@ def evaluate_maps(maps: Any, geometry: Geometry, eval_size: tuple[int, int], mas
         stats.extra = _extras(normed, regions, raw_iou)
         return stats
     values = maps.detach().float().numpy() if not isinstance(maps, np.ndarray) else maps
-    frame = to_eval_frame(values, geometry, eval_size)
+    return frame_stats(to_eval_frame(values, geometry, eval_size), masks)
+
+
+def frame_stats(frame: np.ndarray, masks: Any) -> GroundingStats:
+    """The CPU step after `to_eval_frame`: statistics and extras of eval-frame maps [N, He, We]
+    (float32, normalized in place) against N region masks."""
     regions = np.stack([np.asarray(m, dtype=bool) for m in masks])
     raw_iou = _raw_miou(frame, regions)  # before normalize, which works in place
     normed, _ = normalize(frame)

@@ -28,10 +28,8 @@ from .geometry import Geometry
 from .grounding import (
     RAW_THRESHOLDS,
     GroundingStats,
-    _extras,
-    _raw_miou,
-    _stats_numpy,
     _stats_torch,
+    frame_stats,
     normalize,
     to_eval_frame,
 )
@@ -84,12 +82,7 @@ def _group_numpy(maps: np.ndarray, geometries: Sequence[Geometry], size: Size, m
                  members: list[int]) -> GroundingStats:
     frame = np.empty((len(members), *size), np.float32)
     _frames(maps, geometries, size, members, frame)
-    regions = np.stack([np.asarray(m, dtype=bool) for m in masks])
-    raw_iou = _raw_miou(frame, regions)  # before normalize, which works in place
-    normed, _ = normalize(frame)
-    stats = _stats_numpy(normed, regions)
-    stats.extra = _extras(normed, regions, raw_iou)
-    return stats
+    return frame_stats(frame, masks)
 
 
 def _group_torch(maps: Any, geometries: Sequence[Geometry], size: Size, masks: Sequence[np.ndarray],
