@@ -169,6 +169,23 @@ def test_answer_attention_maps_equal_the_official_attentions(models, family):
         torch.testing.assert_close(out.maps["rollout"][0, j].reshape(-1), expected, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", list(NATIVE))
+def test_the_shared_prefix_changes_nothing(models, family):
+    """Keys and values of the shared prefix (system turn, image, the question's common start),
+    computed once per image, give the scores and maps of every sequence run in full."""
+    import dataclasses
+
+    model = models[family]
+    pixels = torch.stack([model.preprocess(quantized((200, 150), s))[0] for s in (5, 6)])
+    queries = encode_queries(model, FINDINGS)
+    assert queries.prefix > int(queries.image_positions.max()) and queries.prefix < int(queries.lengths.min())
+    shared = forward(model, pixels, queries)
+    full = forward(model, pixels, dataclasses.replace(queries, prefix=0))
+    torch.testing.assert_close(shared.scores, full.scores, atol=1e-6, rtol=1e-5)
+    for kind in shared.maps:
+        torch.testing.assert_close(shared.maps[kind], full.maps[kind], atol=1e-6, rtol=1e-5)
+
+
 def test_gradient_attention_equals_autograd_on_the_official_forward(models):
     model = models["qwen2_5_vl"]
     image = quantized((224, 224), 4)

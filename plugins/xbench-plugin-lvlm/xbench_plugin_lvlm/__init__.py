@@ -39,6 +39,8 @@ SPEC = ModelSpec(
         Option("dtype", str, "auto", "weights: auto (bfloat16 with CUDA, else float32)",
                choices=("auto", "bfloat16", "float16", "float32")),
         Option("sequences", int, 16, "(image, finding) sequences per language-model call", min=1),
+        Option("shared_prefix", bool, True, "run the tokens all questions share (system turn, image) once "
+               "per image and reuse their keys and values (false: every sequence in full)"),
     ),
 )
 

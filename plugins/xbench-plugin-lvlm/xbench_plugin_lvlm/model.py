@@ -14,9 +14,11 @@ square (multiples of 28 = 14-px patches merged 2 x 2), Gemma 3's squash to the v
 (896 for the released models, 64 x 64 SigLIP patches average-pooled 4 x 4 to 16 x 16 tokens). Both
 steps are axis-aligned affine maps, so the Geometry (their composition) is exact.
 
-One image-tower pass per image; its tokens are shared by the image's F question sequences, which
-the language model reads together (right-padded: padding follows every real token, so no real
-token ever attends to it and positions are those of the unpadded sequence).
+Batching over findings: one image-tower pass per image; the tokens every question shares (system
+turn, image, the question's common start) run once per image through the language model, and
+their keys and values serve the image's F question suffixes (right-padded: padding follows every
+real token, so no real token attends to it). Option `shared_prefix: false` runs every sequence in
+full instead (same scores and maps; tests).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class Queries:
     image_positions: Any  # [N] long: the same run of image tokens in every sequence
     answer_ids: Any  # [Y + N'] long: the yes spellings' first tokens, then the no spellings'
     yes_count: int
+    prefix: int = 0  # tokens every sequence shares (the image among them), run once per image; 0: none
+    positions: Any = None  # Qwen2.5-VL: the 3-D rope positions [3, F, L] (get_rope_index)
 
 
 def letterbox_size(original: tuple[int, int], side: int) -> tuple[int, int, int, int]:
@@ -122,6 +126,7 @@ class LVLM(Model):
         question: str = QUESTION,
         dtype: str = "auto",
         sequences: int = 16,
+        shared_prefix: bool = True,
     ) -> None:
         random_weights = checkpoint is not None and checkpoint.strip().lower() == "random"
         if checkpoint is not None and not random_weights:
@@ -136,6 +141,7 @@ class LVLM(Model):
         self.processor, self.family, self.folder = processor, family, folder
         self.random_weights = random_weights
         self.image_size, self.question, self.sequences = int(image_size), question, int(sequences)
+        self.shared_prefix = bool(shared_prefix)
         self.queries = dict(PROMPT_PHRASES)
         config = hf.config
         self.image_token_id = int(config.image_token_id)
@@ -242,11 +248,36 @@ class LVLM(Model):
         for i, r in enumerate(rows):
             input_ids[i, : len(r)] = r
         device = self.device
+        image_positions = positions if positions is not None else torch.zeros(0, dtype=torch.long)
         return Queries(
-            input_ids.to(device), lengths.to(device),
-            (positions if positions is not None else torch.zeros(0, dtype=torch.long)).to(device),
+            input_ids.to(device), lengths.to(device), image_positions.to(device),
             torch.tensor(yes + no, dtype=torch.long, device=device), len(yes),
+            self._prefix(input_ids, lengths, image_positions), self._rope(input_ids, lengths, device),
         )  # fmt: skip
+
+    def _prefix(self, input_ids: Any, lengths: Any, image_positions: Any) -> int:
+        """How many leading tokens all sequences share (at least the image, at most all but the
+        answer position, which each sequence needs); 0 when sharing is off or impossible."""
+        if not self.shared_prefix or not len(input_ids) or not len(image_positions):
+            return 0
+        same = (input_ids == input_ids[:1]).all(0).long()
+        common = int(same.cumprod(0).sum())
+        prefix = min(common, int(lengths.min()) - 1)
+        return prefix if prefix > int(image_positions.max()) else 0
+
+    def _rope(self, input_ids: Any, lengths: Any, device: Any) -> Any:
+        """Qwen2.5-VL's multimodal rope positions of every sequence (image tokens on their 2-D grid)."""
+        import torch
+
+        if self.family != "qwen2_5_vl" or not len(input_ids):
+            return None
+        mask = (torch.arange(input_ids.shape[1])[None] < lengths[:, None]).long()
+        grid = torch.tensor([[1, self.grid[0] * self.merge, self.grid[1] * self.merge]] * len(input_ids))
+        positions, _ = self.module.lvlm.model.get_rope_index(
+            input_ids, mm_token_type_ids=(input_ids == self.image_token_id).long() * mask,
+            image_grid_thw=grid, attention_mask=mask,
+        )  # fmt: skip
+        return positions.to(device)
 
     # ---- image side --------------------------------------------------------------------------
     def image_features(self, pixels: Any) -> Any:
@@ -267,71 +298,97 @@ class LVLM(Model):
         return self.module.image_tokens(tokens)
 
     # ---- language model ----------------------------------------------------------------------
-    def _run(self, tokens: Any, queries: Queries, attentions: bool) -> tuple[Any, list[Any] | None, Any]:
-        """All (image, finding) sequences: yes-vs-no logits [B, F], the attention tensors per chunk
-        of sequences (when asked) and the sequences' image/finding indices."""
-        import torch
+    def _image_inputs(self, ids: Any, feats: Any) -> dict[str, Any]:
+        """The language model's image arguments for sequences `ids` holding the image tokens `feats`."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+        if self.family == "qwen2_5_vl":
+            flat = (feats.reshape(-1, feats.shape[-1]),)
+            return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=flat)}}
+        return {
+            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=feats)},
+            "token_type_ids": (ids == self.image_token_id).long(),  # Gemma: image tokens see each other
+        }
+
+    def _run(self, tokens: Any, queries: Queries, attentions: bool) -> tuple[Any, list[Any] | None]:
+        """All (image, finding) sequences: yes-vs-no logits [B, F] and, when asked, per chunk of
+        sequences: their (image, finding) pairs, the answer rows in the suffix (lengths - prefix),
+        the suffix's attention per layer [n, H, S, L] and the prefix's [n, H, P, P] (None without).
+
+        The shared prefix (system turn, image, the question's common start) runs once per image;
+        its keys and values serve the image's F question suffixes, read `sequences` at a time.
+        """
+        import torch
+        from transformers import DynamicCache
+
         lvlm = self.module.lvlm
-        b, n_tokens, width = tokens.shape
-        f = queries.input_ids.shape[0]
+        b = tokens.shape[0]
+        f, p = queries.input_ids.shape[0], queries.prefix
+        device = tokens.device
         pairs = torch.cartesian_prod(torch.arange(b), torch.arange(f)) if f else torch.zeros((0, 2), dtype=torch.long)
         head = lvlm.lm_head.weight[queries.answer_ids]  # [A, D]: only the answer rows are needed
+        rope = queries.positions
+        if p:
+            ids = queries.input_ids[:1, :p].expand(b, -1)
+            extra = {"position_ids": rope[:, :1, :p].expand(-1, b, -1)} if rope is not None else {}
+            first = lvlm.model(
+                input_ids=ids, use_cache=True, output_attentions=attentions, return_dict=True,
+                **self._image_inputs(ids, tokens), **extra,
+            )  # fmt: skip
+            cached = [(layer.keys, layer.values) for layer in first.cache.layers]
         logits, kept = [], []
         for start in range(0, len(pairs), max(1, self.sequences)):
             chunk = pairs[start : start + self.sequences]
-            bi, fi = chunk[:, 0].to(tokens.device), chunk[:, 1].to(tokens.device)
-            ids = queries.input_ids[fi]
+            bi, fi = chunk[:, 0].to(device), chunk[:, 1].to(device)
             lengths = queries.lengths[fi]
-            mask = (torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None]).long()
-            is_image = (ids == self.image_token_id).long()
-            feats = tokens[bi]
-            kwargs: dict[str, Any] = {}
-            if self.family == "qwen2_5_vl":
-                feats_out = BaseModelOutputWithPooling(pooler_output=(feats.reshape(-1, width),))
-                gh, gw = self.grid[0] * self.merge, self.grid[1] * self.merge
-                kwargs["image_grid_thw"] = torch.tensor([[1, gh, gw]] * len(chunk), device=ids.device)
-                kwargs["mm_token_type_ids"] = is_image
+            mask = (torch.arange(queries.input_ids.shape[1], device=device)[None] < lengths[:, None]).long()
+            ids = queries.input_ids[fi, p:]
+            extra = {"position_ids": rope[:, fi, p:]} if rope is not None else {}
+            if p:
+                cache = DynamicCache(config=lvlm.config.get_text_config())
+                for index, (keys, values) in enumerate(cached):
+                    cache.update(keys[bi], values[bi], index)
+                extra.update(cache=cache, use_cache=True)
             else:
-                feats_out = BaseModelOutputWithPooling(pooler_output=feats)
-                kwargs["token_type_ids"] = is_image
-            out = lvlm.model(
-                input_ids=ids, attention_mask=mask, mm_encoder_outputs={"image": feats_out},
-                use_cache=False, output_attentions=attentions, return_dict=True, **kwargs,
-            )  # fmt: skip
-            hidden = out.last_hidden_state[torch.arange(len(chunk), device=ids.device), lengths - 1]
+                extra.update(self._image_inputs(ids, tokens[bi]), use_cache=False)
+            out = lvlm.model(input_ids=ids, attention_mask=mask, output_attentions=attentions, return_dict=True, **extra)
+            hidden = out.last_hidden_state[torch.arange(len(chunk), device=device), lengths - 1 - p]
             answer = hidden.float() @ head.float().T
             if self.softcap:
                 answer = torch.tanh(answer / self.softcap) * self.softcap
             y = queries.yes_count
             logits.append(torch.logsumexp(answer[:, :y], -1) - torch.logsumexp(answer[:, y:], -1))
-            if attentions:
-                kept.append((chunk, lengths, out.attentions))
+            if attentions:  # the suffix rows; the prefix rows (shared by the image's sequences) beside
+                above = [top[bi] for top in first.attentions] if p else None
+                kept.append((chunk, lengths - p, out.attentions, above))
         flat = torch.cat(logits) if logits else tokens.new_zeros(0)
-        return flat.reshape(b, f), (kept if attentions else None), pairs
+        return flat.reshape(b, f), (kept if attentions else None)
 
     def _maps(self, kept: list[Any], queries: Queries, b: int, f: int) -> dict[str, Any]:
         """Answer-token attention to the image tokens: last layer, mean of layers, rollout."""
         import torch
+        from torch.nn.functional import pad
 
         from .attribution import answer_attention, rollout
 
         device = queries.input_ids.device
         out = {k: torch.zeros((b, f, self.grid[0] * self.grid[1]), device=device) for k in MAP_KINDS}
-        for chunk, lengths, layers in kept:
+        for chunk, rows, layers, above in kept:
             bi, fi = chunk[:, 0], chunk[:, 1]
-            rows = [answer_attention(a, lengths, queries.image_positions) for a in layers]
-            out["cross_attention"][bi, fi] = rows[-1]
-            out["attention_mean"][bi, fi] = torch.stack(rows).mean(0)
-            out["rollout"][bi, fi] = rollout(layers, lengths, queries.image_positions)
+            answer = [answer_attention(a, rows, queries.image_positions) for a in layers]
+            out["cross_attention"][bi, fi] = answer[-1]
+            out["attention_mean"][bi, fi] = torch.stack(answer).mean(0)
+            full = rows + (layers[0].shape[-1] - layers[0].shape[-2])  # answer rows in the whole sequence
+            if above is not None:  # full [n, H, L, L]: the prefix rows (padded to L keys) on top
+                layers = [torch.cat([pad(top, (0, a.shape[-1] - top.shape[-1])), a], -2) for top, a in zip(above, layers)]
+            out["rollout"][bi, fi] = rollout(layers, full, queries.image_positions)
         return {k: v.reshape(b, f, *self.grid) for k, v in out.items()}
 
     def forward(self, pixels: Any, queries: Queries) -> ModelOutput:
         import torch
 
         tokens = self.image_features(pixels)
-        logit, kept, _ = self._run(tokens, queries, attentions=True)
+        logit, kept = self._run(tokens, queries, attentions=True)
         maps = self._maps(kept or [], queries, *logit.shape)
         return ModelOutput(scores=torch.sigmoid(logit), maps=maps, extras={"logits": logit})
 
@@ -357,8 +414,8 @@ class LVLM(Model):
         tokens = self.image_features(pixels).detach().requires_grad_(True)
         b, f = pixels.shape[0], queries.input_ids.shape[0]
         out = torch.zeros((b, f, self.grid[0] * self.grid[1]), device=pixels.device)
-        logit, kept, _ = self._run(tokens, queries, attentions=True)
-        for chunk, lengths, layers in kept or []:
+        logit, kept = self._run(tokens, queries, attentions=True)
+        for chunk, lengths, layers, _ in kept or []:
             attention = layers[-1]
             chosen = logit[chunk[:, 0], chunk[:, 1]]
             (grad,) = torch.autograd.grad(chosen.sum(), attention, retain_graph=True)
