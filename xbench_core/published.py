@@ -14,6 +14,7 @@ from .errors import ConfigError
 PREFIX = "xbench-plugin-"
 PUBLISHED: dict[str, tuple[str, ...]] = {
     "xbench-plugin-biomedclip": ("biomedclip",),
+    "xbench-plugin-biovil": ("biovil",),
     "xbench-plugin-carzero": ("carzero",),
     "xbench-plugin-chestx-det10": ("chestx-det10",),
     "xbench-plugin-chestx-ray14-bbox": ("chestx-ray14-bbox",),
