@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--decode-size", type=int, default=2048, help="side of the decode-bound DICOMs")
     ap.add_argument("--max-workers", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--only", choices=("decode", "forward"), help="run one workload")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="xbench-bench-"))

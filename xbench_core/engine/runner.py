@@ -33,6 +33,7 @@ from .phrases import Columns, batch_queries, column_names, sample_phrases
 from .plan import DatasetPlan, plan_dataset
 from .problems import summarize_problems
 from .shapes import maps_problem, scores_problem
+from .transfer import pack_masks, unpack_masks
 
 
 @dataclass
@@ -91,8 +92,8 @@ class Items:
             return item
         size = eval_size(sample.image.shape, self.cap)
         item["eval_size"] = size
-        # numpy, not torch: a worker sends them pickled, cheaper than a shared-memory file per mask
-        item["masks"] = {f: r.rasterize(size) for f, r in sample.regions.items()}
+        # numpy, not torch: a worker sends them pickled (bit-packed), cheaper than a shared-memory file per mask
+        item["masks"] = pack_masks({f: r.rasterize(size) for f, r in sample.regions.items()})
         item["pixels"], item["geometry"], item["model_errors"] = {}, {}, {}
         for m in self.models:
             try:
@@ -188,7 +189,14 @@ class Runner:
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        with cpu_threads(self.cfg.workers, self.device.type):
+        from ..metrics.bootstrap import single_threaded_blas
+
+        # numpy's BLAS on one thread (its products here are small, and idle BLAS threads spin
+        # against the loader workers). Torch's pool keeps its size: loader workers run one torch
+        # thread each (DataLoader's default) and decode mostly outside torch; shrinking the pool by
+        # the number of workers halved a forward-bound run on the CPU (issue 22, measured with
+        # benchmarks/loader_scaling.py on a decode-bound and a forward-bound run).
+        with single_threaded_blas():
             return self._run()
 
     def _run(self) -> dict[str, Any]:
@@ -259,6 +267,7 @@ class Runner:
         )
         try:
             for batch in self._loader(dataset, models, todo, comp):
+                batch = unpack_masks(batch)
                 for m in models:
                     self._model_batch(where, m, findings[m.name], queries[m.name], batch)
                 bar.update(len(batch) * (self.world if self.progress_total is not None else 1))
@@ -453,27 +462,6 @@ class Runner:
             self.store.append(dataset, m.name, ename, self.shard, [record])
         if self.cfg.fail_fast:
             raise XBenchError(f"{dataset}/{sample_id}: {reason} (--fail-fast)")
-
-
-@contextlib.contextmanager
-def cpu_threads(workers: int, device: str) -> Any:
-    """Thread pools of the main process during a run, so that it does not fight its own loader
-    workers for the cores: numpy's BLAS on one thread (its products here are small, and idle BLAS
-    threads spin), and on the CPU device torch's pool shrunk by the number of workers. Measured
-    with benchmarks/loader_scaling.py (see benchmarks/README.md)."""
-    import torch
-
-    from ..metrics.bootstrap import single_threaded_blas
-
-    before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if workers > 0 and device == "cpu":
-        torch.set_num_threads(max(1, min(before, cores - workers)))
-    try:
-        with single_threaded_blas():
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _OutOfMemory(Exception):

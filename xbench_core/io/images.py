@@ -82,18 +82,18 @@ def read_dicom(path: Path, *, voi_lut: bool = True) -> np.ndarray:
 
 
 def _exact_float32(raw: np.ndarray, ds: object) -> np.ndarray | None:
-    """The modality values (after the modality LUT or rescale) as float32 when float32 holds them
-    exactly: 8- and 16-bit integers with an integral rescale (|values| < 2**24). None otherwise
-    (fractional slopes, colour, 32-bit data): those go through float64."""
+    """The modality values (after the modality LUT or rescale) in an array float32 holds exactly:
+    the 8- or 16-bit integers themselves, or float32 after an integral rescale (|values| < 2**24).
+    None otherwise (fractional slopes, colour, 32-bit data): those go through float64."""
     from pydicom.pixels import apply_modality_lut
 
     if raw.dtype.kind not in "iu" or raw.dtype.itemsize > 2:
         return None
     if ds.get("ModalityLUTSequence"):  # type: ignore[attr-defined]
         modality = apply_modality_lut(raw, ds)  # integer LUT entries
-        return modality.astype(np.float32) if modality.dtype.kind in "iu" and modality.dtype.itemsize <= 2 else None
+        return modality if modality.dtype.kind in "iu" and modality.dtype.itemsize <= 2 else None
     if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:  # type: ignore[operator]
-        return raw.astype(np.float32)
+        return raw
     try:
         slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
@@ -108,19 +108,21 @@ def _exact_float32(raw: np.ndarray, ds: object) -> np.ndarray | None:
     return arr
 
 
-def _scale_float32(arr: np.ndarray, lo: float, hi: float, ds: object) -> np.ndarray:
-    """`read_dicom`'s scaling to [0, 1] without a VOI transform, in place on float32 integers (and
-    float32-exact `lo`, `hi`): the differences from the range's ends are exact and one correctly
-    rounded division gives the float64 computation's float32 (tests/test_images.py compares them)."""
+def _scale_float32(values: np.ndarray, lo: float, hi: float, ds: object) -> np.ndarray:
+    """`read_dicom`'s scaling to [0, 1] without a VOI transform, in float32, for values and ends
+    float32 holds exactly: the differences from the ends are exact and one correctly rounded float32
+    division equals the float64 result rounded (tests/test_images.py compares them bit for bit).
+    The values lie in [lo, hi] (`_value_range`), so the quotients lie in [0, 1]: no clipping."""
     inverted = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1"  # type: ignore[attr-defined]
     if not hi > lo:
-        return np.full_like(arr, 1.0 if inverted else 0.0)
+        return np.full(values.shape, 1.0 if inverted else 0.0, np.float32)
+    out = values.astype(np.float32, copy=False)  # new unless rescaled (the cost: touching its pages)
     if inverted:  # 1 - (v - lo) / (hi - lo)
-        np.subtract(np.float32(hi), arr, out=arr)
-    else:
-        arr -= np.float32(lo)
-    arr /= np.float32(hi - lo)
-    return np.clip(arr, 0.0, 1.0, out=arr)
+        np.subtract(np.float32(hi), out, out=out)
+    elif lo != 0:
+        out -= np.float32(lo)
+    out /= np.float32(hi - lo)
+    return out
 
 
 def _voi_output_range(ds: object) -> tuple[float, float] | None:
