@@ -71,3 +71,12 @@ def test_dataset_getitem_runs_under_xbench_run_with_and_without_cache(tmp_path: 
     # the nodule region (known after decoding) and the pneumonia box fitted from 96 x 96 to 40 x 60
     assert rows[0] == [("nodule", 20 * 30, 40 * 60)] * 3 + [("pneumonia", 40 * 30, 40 * 60)] * 3
     assert rows[0] == rows[1] == rows[2]
+
+
+def test_phantom_ids_without_layouts() -> None:
+    """Phantom.ids() (used by every run's plan and the report's gallery) names the annotations'
+    ids without drawing them."""
+    from xbench_core.builtin.phantom import Phantom
+
+    phantom = Phantom(size=7, seed=3, resolution=64)
+    assert phantom.ids() == Dataset.ids(phantom) == [phantom.annotation(i).id for i in range(7)]

@@ -108,13 +108,21 @@ class Phantom(Dataset):
                 present[f] = False
         return _Layout(present, masks, lungs, heart, body)
 
+    def ids(self) -> list[str]:
+        """Every image's id without drawing its layout (the base class builds each annotation)."""
+        return [self._id(i) for i in range(self.size)]
+
+    @staticmethod
+    def _id(index: int) -> str:
+        return f"phantom-{index:05d}"
+
     def annotation(self, index: int) -> Sample:
         lay = self._layout(index)
         n = self.resolution
         regions = {f: Region((n, n), masks=(m,)) for f, m in lay.masks.items()}
         return Sample(
             dataset=self.name,
-            id=f"phantom-{index:05d}",
+            id=self._id(index),
             image=None,
             labels={f: int(v) for f, v in lay.present.items()},
             regions=regions,
