@@ -3,14 +3,15 @@
 `evaluate_batch(maps, geometries, eval_sizes, masks)` gives the rows that `evaluate_maps` gives per
 image (`GroundingStats.rows()`), for N pairs in one call: the pairs are grouped by eval size, each
 group's maps are brought to the eval frame with one pair of interpolation matrices per distinct
-geometry, and the statistics of the group run in one call.
+geometry, and the statistics of the group run in one call (on the CPU in chunks of about
+`CPU_CHUNK` eval-frame pixels).
 
 - CPU (numpy): every value is computed per map by the same operations as the per-image path, so
   the rows are equal to it bit for bit (tested); what is saved is per-image work (matrices, mask
   stacks, dispatch).
 - Accelerator (torch, on the device): one host-to-device copy of the masks per group, the raw-map
   IoUs and the CNR's sums on the device, and one device-to-host transfer of every number of the
-  batch (the per-image path synchronizes about 2F + 7 times per image and copies every normalized
+  group, i.e. one per batch when its images share an eval size (the per-image path synchronizes about 2F + 7 times per image and copies every normalized
   map to the host for the CNR). The counts are exact integers (carried in float64, exact below
   2^53 pixels); the CNR's float64 sums are ordered differently from numpy's, so it may differ in
   the last bits.
@@ -48,9 +49,11 @@ def evaluate_batch(
     if not (len(maps) == len(geometries) == len(eval_sizes) == n):
         raise ValueError(f"evaluate_batch: {len(maps)} maps, {len(geometries)} geometries, "
                          f"{len(eval_sizes)} eval sizes and {n} masks")
+    if not isinstance(maps, np.ndarray):
+        maps = maps.detach()
     on_device = not isinstance(maps, np.ndarray) and maps.device.type != "cpu"
     if not on_device and not isinstance(maps, np.ndarray):
-        maps = maps.detach().float().numpy()
+        maps = maps.float().numpy()
     groups: dict[Size, list[int]] = defaultdict(list)
     for i, size in enumerate(eval_sizes):
         groups[(int(size[0]), int(size[1]))].append(i)
