@@ -87,12 +87,13 @@ def _execute(
             raise ConfigError(f"cannot create the run directory {out} ({exc.strerror}); pass --out DIR where you can write") from exc
     if barrier is not None:
         barrier()
+    installed = versions(registry)  # once: reading the distributions' metadata takes a while
     manifest: dict[str, Any] = {
-        "xbench": versions(registry)["plugins"].get(CORE_DISTRIBUTION),
+        "xbench": installed["plugins"].get(CORE_DISTRIBUTION),
         "schema": SCHEMA_VERSION,
         "config": _jsonable(cfg.as_dict()),
         "identity": _jsonable(cfg.evaluation_identity()),
-        "versions": versions(registry),
+        "versions": installed,
         "git": git_hash(),
         "seed": cfg.seed,
         "command": sys.argv,
