@@ -43,6 +43,11 @@ from xbench_core.testing import encode_queries, explain, forward
 
 FINDINGS = ["nodule", "mass", "consolidation", "pleural_effusion", "pneumothorax", "cardiomegaly"]
 
+# SigLIP so400m at 896 px, Gemma 3's image tower (all sizes).
+SIGLIP = {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
+          "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 896, "patch_size": 14,
+          "vision_use_head": False}  # fmt: skip
+
 # The released configurations (config.json of each Hub repository), for the computed figures.
 RELEASED: dict[str, tuple[str, dict[str, Any]]] = {
     "Qwen/Qwen2.5-VL-3B-Instruct": ("qwen2_5_vl", {
@@ -61,17 +66,13 @@ RELEASED: dict[str, tuple[str, dict[str, Any]]] = {
         "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34,
                         "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
                         "vocab_size": 262208, "sliding_window": 1024, "query_pre_attn_scalar": 256},
-        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
-                          "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 896,
-                          "patch_size": 14, "vision_use_head": False},
+        "vision_config": SIGLIP,
         "mm_tokens_per_image": 256}),
     "google/gemma-3-12b-it": ("gemma3", {
         "text_config": {"hidden_size": 3840, "intermediate_size": 15360, "num_hidden_layers": 48,
                         "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256,
                         "vocab_size": 262208, "sliding_window": 1024, "query_pre_attn_scalar": 256},
-        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
-                          "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 896,
-                          "patch_size": 14, "vision_use_head": False},
+        "vision_config": SIGLIP,
         "mm_tokens_per_image": 256}),
 }  # fmt: skip
 # About (real tokenizers): text tokens all questions share (turn markers, system turn, "Is there
