@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", nargs="*", help="models to preprocess with (default: every real model installed)")
     args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights: a model that reaches for the Hub fails at once
     import xbench_core.geometry as geometry
 
     tmp = Path(tempfile.mkdtemp(prefix="xbench-host-"))

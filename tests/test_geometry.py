@@ -361,3 +361,12 @@ def test_area_resize_matches_opencv_inter_area(shape: tuple[int, int], size: tup
     image = np.random.default_rng(2).random(shape, dtype=np.float32)
     official = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     np.testing.assert_allclose(resize(image, size, "area"), official, rtol=0, atol=2e-6)
+
+
+def test_area_resize_of_8_bit_levels_matches_the_official_uint8_resize() -> None:
+    # CARZero's `_resize_img`: cv2.resize of the 8-bit image with INTER_AREA, uint8 out (rounded);
+    # CARZero's preprocess resizes the same levels in float and rounds them
+    cv2 = pytest.importorskip("cv2")
+    u8 = np.random.default_rng(3).integers(0, 256, (3000, 2500), dtype=np.uint8)
+    official = cv2.resize(u8, (213, 256), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(np.round(resize(u8.astype(np.float32), (256, 213), "area")), official)
