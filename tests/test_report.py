@@ -396,6 +396,22 @@ def test_report_in_headless_chromium(run: Path, tmp_path: Path) -> None:
             shot.save(os.environ["XBENCH_KEEP_SCREENSHOT"])
 
 
+def test_report_imports_no_torch(run: Path, tmp_path: Path) -> None:
+    """`xbench report` (gallery included) reads the map cache in numpy: no torch import, which
+    alone took 1.5-3.5 s of a report on the development machine."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from xbench_core.report import write_report; "
+            "write_report([sys.argv[1]], out=sys.argv[2], quiet=True); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])")
+    done = subprocess.run([sys.executable, "-c", code, str(run), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert list((tmp_path / "out" / "figures" / "gallery").glob("*.png"))
+
+
 # ---- the gallery needs no model -------------------------------------------------------------------
 class _CroppedRandom:
     """A `random` baseline whose input is a center crop: a geometry the gallery must get right."""

@@ -181,11 +181,13 @@ class RunStore:
         return self.load_maps(dataset, split, model, explainer, {key})[0].get(key)
 
     def load_maps(
-        self, dataset: str, split: str | None, model: str, explainer: str, keys: set[str],
+        self, dataset: str, split: str | None, model: str, explainer: str, keys: set[str], *, numpy: bool = False,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Cached maps {"<id>|<finding>": float32 tensor} of one (dataset, model, explainer) and the
         Geometry of their images {"<id>": Geometry} (absent for maps saved without one), reading
-        each map file once (the first file holding a key wins)."""
+        each map file once (the first file holding a key wins). `numpy`: float32 arrays instead,
+        without importing torch (the report's gallery)."""
+        import numpy as np
         from safetensors import safe_open
 
         from .geometry import Geometry
@@ -197,13 +199,14 @@ class RunStore:
             wanted = keys - set(maps)
             if not wanted:
                 break
-            with safe_open(str(path), framework="pt") as fh:
+            with safe_open(str(path), framework="np" if numpy else "pt") as fh:
                 found = wanted & set(fh.keys())
                 if not found:
                     continue
                 stored = json.loads((fh.metadata() or {}).get("geometries") or "{}")
                 for k in found:
-                    maps[k] = fh.get_tensor(k).float()
+                    value = fh.get_tensor(k)
+                    maps[k] = value.astype(np.float32) if numpy else value.float()
                     sample_id = k.rpartition("|")[0]
                     if sample_id in stored and sample_id not in geometries:
                         geometries[sample_id] = Geometry.from_dict(stored[sample_id])

@@ -95,17 +95,13 @@ def _dice_at(stats: dict[str, Any], k: int) -> float:
 
 
 def gallery(merged: Merged, folder: Path, root: Path, registry: Any, per_finding: int = PER_FINDING) -> tuple[list[FigureFile], list[str]]:
-    """One overlay figure per (dataset, finding); returns the figures and notes on what was skipped."""
-    import torch
-
+    """One overlay figure per (dataset, finding); returns the figures and notes on what was skipped.
+    Maps are read and mapped in numpy (no torch import: `xbench report` alone stays light)."""
     from ..grounding import normalize, to_eval_frame
+    from ..metrics.bootstrap import single_threaded_blas
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny products: a thread pool only adds waiting, on a busy machine a lot
-    try:
+    with single_threaded_blas():  # tiny products: a thread pool only adds waiting, on a busy machine a lot
         return _gallery(merged, folder, root, registry, per_finding, normalize, to_eval_frame)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _gallery(merged: Merged, folder: Path, root: Path, registry: Any, per_finding: int, normalize: Any,
@@ -152,7 +148,7 @@ def _gallery(merged: Merged, folder: Path, root: Path, registry: Any, per_findin
                 continue
             maps, geometries = {}, {}
             for s in series:
-                maps[s], geometries[s] = sources[s].store.load_maps(dataset, split, s[0], s[1], {f"{i}|{finding}" for i in chosen})  # type: ignore[union-attr]
+                maps[s], geometries[s] = sources[s].store.load_maps(dataset, split, s[0], s[1], {f"{i}|{finding}" for i in chosen}, numpy=True)  # type: ignore[union-attr]
             if not any(maps.values()):
                 note = f"gallery of {label}: no cached maps (the run had save_maps: false)"
                 if note not in notes:
@@ -179,7 +175,7 @@ def _gallery(merged: Merged, folder: Path, root: Path, registry: Any, per_findin
                         continue
                     frame = to_eval_frame(m[None], geometry, (h, w))
                     normed, _ = normalize(frame)
-                    overlays[s] = normed[0].cpu().numpy()
+                    overlays[s] = normed[0]
                 panels.append((i, shown, mask, overlays, float(candidates[i])))
             several = len({s[1] for s in series}) > 1
             width, height = 2.3 * (1 + len(series)), 2.5 * len(panels) + 0.3
