@@ -34,3 +34,14 @@ def test_gpu_benchmark_smoke_on_cpu() -> None:
     # FLOPs counted through nn.MultiheadAttention (fused path off): ViT-B/16 at 224 is ~34 GFLOP
     clip = float(re.search(r"forward clip: [0-9.]+ ms/img, ([0-9.]+) GFLOP/img", text).group(1))
     assert 30 < clip < 40
+
+
+def test_gpu_benchmark_without_a_gpu_says_so() -> None:
+    """`make bench` runs every benchmark: without CUDA, gpu.py says it measured nothing and exits 0."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("gpu: not measured (no CUDA device")
