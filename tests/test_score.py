@@ -118,6 +118,8 @@ def test_xbench_protocol_equals_the_run_path(tmp_path: Path) -> None:
                  "--frame", "squash:224", "--model", "center", "--explainer", "native",
                  "--out", str(scored), "--quiet"]) == 0
     a, b = _rows(ran), _rows(scored)
+    versions = [json.loads((d / "manifest.json").read_text())["xbench"] for d in (ran, scored)]
+    assert versions[0] and versions[0] == versions[1]  # the core's version, as a run records it
     assert set(a) == set(b)
     for finding in a:
         for k in ("n_images", "n_regions", "pointing_game", "ebpg", "dice_fixed", "dice_best", "iou_fixed",

@@ -386,6 +386,7 @@ def run_score(args: Any, registry: Any) -> int:
     from .engine.config import build_config, load_yaml
     from .engine.runner import _jsonable
     from .engine.session import rebuild_results, versions
+    from .plugins import CORE_DISTRIBUTION
     from .schema import SCHEMA_VERSION
     from .store import RunStore
 
@@ -428,12 +429,13 @@ def run_score(args: Any, registry: Any) -> int:
     records = score_records(dataset, maps, scores, frame=frame, cfg=cfg, model=args.model,
                             explainer=args.explainer, problems=problems, split=comp.options.get("split"))
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    installed = versions(registry)
     manifest = {
-        "xbench": versions(registry)["plugins"].get("xbench"),
+        "xbench": installed["plugins"].get(CORE_DISTRIBUTION),
         "schema": SCHEMA_VERSION,
         "config": _jsonable(cfg.as_dict()),
         "identity": _jsonable(cfg.evaluation_identity()),
-        "versions": versions(registry),
+        "versions": installed,
         "command": sys.argv,
         "started": now,
         "finished": now,
