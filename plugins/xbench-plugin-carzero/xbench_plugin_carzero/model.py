@@ -18,12 +18,21 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from xbench_blocks.frozen_text import BIO_CLINICALBERT_SHAPE
 
-from xbench_core import AssetError, FeatureLayer, Geometry, Model, ModelOutput, Phrase, UnsupportedFinding
+from xbench_core import (
+    AssetError,
+    FeatureLayer,
+    Geometry,
+    Model,
+    ModelOutput,
+    Phrase,
+    UnsupportedFinding,
+)
 from xbench_core.assets import resolve_asset
 from xbench_core.checkpoints import load_checkpoint, load_state_dict_strict
 

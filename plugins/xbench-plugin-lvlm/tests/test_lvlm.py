@@ -15,11 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from xbench_core import AssetError, ConfigError, get_registry
-from xbench_core.testing import ExplainerPluginTests, ModelPluginTests, encode_queries, explain, forward
 from xbench_plugin_lvlm.model import NO_WORDS, YES_WORDS, letterbox_size, patchify, smart_resize
 from xbench_plugin_lvlm.tiny import write_tiny_folder
+
+from xbench_core import AssetError, ConfigError, get_registry
+from xbench_core.testing import (
+    ExplainerPluginTests,
+    ModelPluginTests,
+    encode_queries,
+    explain,
+    forward,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 FINDINGS = ["pneumonia", "pleural_effusion", "pneumothorax"]
@@ -329,7 +335,6 @@ def test_user_errors_are_one_line(folders, tmp_path, monkeypatch):
 def test_gated_repositories_are_explained(monkeypatch, tmp_path):
     """A gated Hub repository (MedGemma) is one line saying what to accept and how to log in."""
     import huggingface_hub
-
     from xbench_plugin_lvlm import loading
 
     class GatedRepoError(Exception):

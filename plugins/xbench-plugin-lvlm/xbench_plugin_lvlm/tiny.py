@@ -10,7 +10,6 @@ a chat template in the family's turn format) and no weights: the folder is meant
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 FAMILIES = ("qwen2_5_vl", "gemma3")
