@@ -95,7 +95,7 @@ METHODS: dict[str, tuple[str, str, bool, tuple[Option, ...]]] = {
     "ablationcam": (
         "AblationCAM",
         "Ablation-CAM (Desai & Ramaswamy 2020): relative logit drop when each channel of the feature "
-        "layer is ablated; K forward passes (above the layer) per image and finding",
+        "layer is ablated; K whole-model forward passes per image and finding",
         False,
         (
             BATCH,
