@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.xbench-installed
 # every distribution under plugins/: the plugins and the libraries they share (xbench-blocks)
 PLUGINS := $(sort $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml)))
 
-.PHONY: demo test install lint typecheck bench packages clean
+.PHONY: demo test install lint typecheck bench packages official clean
 
 demo: $(STAMP)  ## install everything, run the built-in default, print the results
 	$(VENV)/bin/xbench run
@@ -31,6 +31,9 @@ typecheck: $(STAMP)
 
 packages:  ## CI: build every wheel and sdist, twine check, non-editable install in fresh venvs, the core alone
 	.ci/packages
+
+official:  ## CI: ports against official packages that need their own venv (BioViL vs hi-ml-multimodal)
+	.ci/official
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
