@@ -7,7 +7,8 @@ A plugin's tests subclass a suite and provide one fixture:
         name = "my-dataset"
 
         @pytest.fixture(scope="class")
-        def dataset(self, tmp_path_factory):
+        @classmethod
+        def dataset(cls, tmp_path_factory):
             root = write_fixture(tmp_path_factory.mktemp("data"))
             return get_registry().datasets["my-dataset"].build(root=str(root))
 
@@ -145,7 +146,8 @@ class DatasetPluginTests:
     name: str = ""
 
     @pytest.fixture(scope="class")
-    def dataset(self) -> Dataset:  # pragma: no cover - overridden
+    @classmethod
+    def dataset(cls) -> Dataset:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def test_registered(self) -> None:
@@ -188,7 +190,8 @@ class ModelPluginTests:
     image_size: tuple[int, int] = (300, 260)
 
     @pytest.fixture(scope="class")
-    def model(self) -> Model:  # pragma: no cover - overridden
+    @classmethod
+    def model(cls) -> Model:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def _batch(self, model: Model, n: int) -> tuple[Any, list[Geometry]]:
@@ -272,11 +275,13 @@ class ExplainerPluginTests:
     name: str = ""
 
     @pytest.fixture(scope="class")
-    def explainer(self) -> Any:  # pragma: no cover - overridden
+    @classmethod
+    def explainer(cls) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
 
     @pytest.fixture(scope="class")
-    def model(self) -> Model:  # pragma: no cover - overridden
+    @classmethod
+    def model(cls) -> Model:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def test_registered(self) -> None:
@@ -303,7 +308,8 @@ class MetricPluginTests:
     name: str = ""
 
     @pytest.fixture(scope="class")
-    def metric(self) -> Any:  # pragma: no cover - overridden
+    @classmethod
+    def metric(cls) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def test_registered(self) -> None:

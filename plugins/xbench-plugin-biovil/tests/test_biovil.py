@@ -61,7 +61,8 @@ class TestConformance(ModelPluginTests):
     image_size = (300, 260)
 
     @pytest.fixture(scope="class")
-    def model(self, biovil_t):
+    @classmethod
+    def model(cls, biovil_t):
         return biovil_t
 
 

@@ -216,11 +216,13 @@ def test_hygiene_parameters_hooks_and_modes() -> None:
 
 class _Conformance(ExplainerPluginTests):
     @pytest.fixture(scope="class")
-    def explainer(self) -> Any:
-        return get_registry().explainers[self.name].build()
+    @classmethod
+    def explainer(cls) -> Any:
+        return get_registry().explainers[cls.name].build()
 
     @pytest.fixture(scope="class")
-    def model(self) -> Model:
+    @classmethod
+    def model(cls) -> Model:
         return Toy(tokens=True)
 
     def test_requires(self) -> None:

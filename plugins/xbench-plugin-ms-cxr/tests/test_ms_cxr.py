@@ -71,7 +71,8 @@ class TestConformance(DatasetPluginTests):
     name = "ms-cxr"
 
     @pytest.fixture(scope="class")
-    def dataset(self, release: Path) -> Dataset:
+    @classmethod
+    def dataset(cls, release: Path) -> Dataset:
         return build(release)
 
 
