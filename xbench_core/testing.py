@@ -65,6 +65,16 @@ def realdata(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def hub_offline() -> Iterator[None]:
+    """Imported into a plugin's test module (`from xbench_core.testing import hub_offline`), it keeps
+    every test there off the network: `HF_HUB_OFFLINE=1`, so a missing file fails instead of
+    downloading."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
 def import_test_dependency(module: str) -> Any:
     """Import a test-only dependency (the `test` extra): skipped in a user's environment without it,
     but a failure in CI (`CI` set), where a skip would silently drop the comparison it makes."""

@@ -18,18 +18,10 @@ from xbench_core.testing import (
     ModelPluginTests,
     compare_with_key_listing,
     encode_queries,
+    hub_offline,  # noqa: F401 - autouse: nothing here downloads
     reference,
     save_official_checkpoint,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    """Never download anything, whatever a test of this module does."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield
-
 
 POSITION_IDS = "text.transformer.embeddings.position_ids"
 ENSEMBLE = ["{finding}", "a chest x-ray showing {finding}"]

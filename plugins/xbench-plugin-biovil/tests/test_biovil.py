@@ -16,7 +16,11 @@ from PIL import Image
 from xbench_blocks.text import generated_vocabulary, write_bert_folder
 
 from xbench_core import AssetError, ConfigError, DataError, Phrase, get_registry
-from xbench_core.testing import ModelPluginTests, encode_queries
+from xbench_core.testing import (
+    ModelPluginTests,
+    encode_queries,
+    hub_offline,  # noqa: F401 - autouse: nothing here downloads
+)
 
 MS_CXR_WORDS = [
     "small",
@@ -29,13 +33,6 @@ MS_CXR_WORDS = [
     "pneumothorax",
 ]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    """Never download anything, whatever a test of this module does."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield
 
 
 @pytest.fixture(scope="module")

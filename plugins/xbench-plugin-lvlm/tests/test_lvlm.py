@@ -25,6 +25,7 @@ from xbench_core.testing import (
     encode_queries,
     explain,
     forward,
+    hub_offline,  # noqa: F401 - autouse: nothing here downloads
 )
 
 REPO = Path(__file__).resolve().parents[3]
@@ -33,12 +34,6 @@ FINDINGS = ["pneumonia", "pleural_effusion", "pneumothorax"]
 # Gemma's vision tower takes 112. The official forward then sees exactly our input pixels.
 NATIVE = {"qwen2_5_vl": 224, "gemma3": 112}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield
 
 
 @pytest.fixture(scope="module")
