@@ -137,3 +137,29 @@ def test_run_reads_each_sample_its_own_phrase(tmp_path: Path) -> None:
     # queried by finding (no text), the same model draws nothing: a constant map
     plain = [r for r in records("findings-only") if r["finding"]]
     assert len(plain) == len(phrased) and all(r["stats"]["constant_map"] for r in plain)
+
+
+def test_the_faithfulness_pass_is_not_run_on_phrase_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its passes read finding columns: on a phrase batch it is not run, and the records say why."""
+    from xbench_core.engine.faithfulness import FaithfulnessPass
+
+    ran: list[str] = []
+    real = FaithfulnessPass.part
+
+    def spy(self: Any, model: Any, *args: Any) -> Any:
+        ran.append(type(model).__name__)
+        return real(self, model, *args)
+
+    monkeypatch.setattr(FaithfulnessPass, "part", spy)
+    with temporary_plugin(_Plugin(), "phrase-test") as registry:
+        cfg = build_config({"datasets": [{"name": "phrase-phantom", "size": 3}], "models": ["box-reader", "findings-only"],
+                            "out": str(tmp_path / "r"), "faithfulness": {"steps": 2}}, registry)
+        execute(cfg, registry, quiet=True)
+    folder = tmp_path / "r" / "records" / "phrase-phantom"
+    recs = {m: [json.loads(x) for f in (folder / m / "native").glob("*.jsonl") for x in f.read_text().splitlines()]
+            for m in ("box-reader", "findings-only")}
+    phrased = [r for r in recs["box-reader"] if r.get("stats")]
+    assert phrased and all(r["faithfulness"] == {"error": "faithfulness is not computed for phrase queries"}
+                           for r in phrased)
+    assert ran == ["_FindingsOnly"]  # the model without phrase support is queried by finding, as usual
+    assert all("error" not in (r.get("faithfulness") or {}) for r in recs["findings-only"] if r.get("stats"))

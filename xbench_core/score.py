@@ -104,37 +104,25 @@ def _array(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _read_tensors(path: Path) -> Any:
-    """The content of an array file, without executing code."""
+def _read_tensors(path: Path) -> tuple[Any, dict[str, Geometry]]:
+    """The content of an array file, read without executing code, and the {image id: Geometry} a
+    run's saved-map file carries in its metadata (empty for any other file)."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False), {}
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files}, {}
     if suffix == ".safetensors":
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
 
-        try:
-            return load_file(str(path))
-        except Exception:  # float16/bfloat16 files saved by torch: read through torch
-            from safetensors.torch import load_file as load_torch
-
-            return load_torch(str(path))
+        with safe_open(str(path), framework="pt") as fh:  # torch reads float16/bfloat16 too
+            stored = json.loads((fh.metadata() or {}).get("geometries") or "{}")
+            content = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        return content, {str(i): Geometry.from_dict(g) for i, g in stored.items()}
     from .checkpoints import read_pickle_safely
 
-    return read_pickle_safely(path)
-
-
-def _stored_geometries(path: Path) -> dict[str, Geometry]:
-    """{image id: Geometry} a run's saved-map file carries in its metadata (else empty)."""
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="np") as fh:
-        stored = json.loads((fh.metadata() or {}).get("geometries") or "{}")
-    return {str(i): Geometry.from_dict(g) for i, g in stored.items()}
+    return read_pickle_safely(path), {}
 
 
 def _chexlocalize_pickle(path: Path, raw: Any) -> tuple[str, str, MapEntry]:
@@ -203,8 +191,8 @@ def read_maps(root: str | Path, problems: list[dict[str, str]]) -> dict[tuple[st
                     image_id, finding = stem.rsplit("__", 1)
                 elif root.is_dir():  # <id>.<ext> holding {finding: map}
                     image_id = stem
-                found = _entries_of(path, _read_tensors(path), image_id, finding)
-                stored = _stored_geometries(path)
+                content, stored = _read_tensors(path)
+                found = _entries_of(path, content, image_id, finding)
                 for i, _name, entry in found:
                     entry.geometry = stored.get(i)
         except Exception as exc:  # noqa: BLE001 - one bad file is a problem, not the end

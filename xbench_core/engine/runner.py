@@ -324,9 +324,10 @@ class Runner:
             for it in good:
                 self._fail(where, m, it["id"], f"forward failed: {_reason(exc, len(good))}")
             return
-        part = self._faithful(lambda: self.faithfulness.part(m.model, pixels, queries, scores, findings, good, m.name), len(good))
-        if columns is not None and part is not None:  # its passes read finding columns, not phrases'
-            part = "faithfulness is not computed for phrase queries"
+        if columns is None:
+            part = self._faithful(lambda: self.faithfulness.part(m.model, pixels, queries, scores, findings, good, m.name), len(good))
+        else:  # its passes read finding columns, not phrases': not run at all
+            part = None if self.faithfulness is None else "faithfulness is not computed for phrase queries"
         for ename, explainer, espec in m.explainers:
             try:
                 maps = calls.explain(explainer, espec.needs_grad, m.model, pixels, queries, output, self.device, self.cfg.precision)
@@ -404,9 +405,8 @@ class Runner:
         item_rows: list[dict[str, dict[str, Any]]] = []
         grounded: list[tuple[int, int, str]] = []  # (b, j, finding) of the maps to ground
         for b, it in enumerate(items):
-            known = [(j, f) for j, f in enumerate(findings) if it["labels"].get(f) is not None]
-            if columns is not None:  # phrase queries: the sample's own columns
-                known = columns[b]
+            known = (columns[b] if columns is not None  # phrase queries: the sample's own columns
+                     else [(j, f) for j, f in enumerate(findings) if it["labels"].get(f) is not None])
             rows: dict[str, dict[str, Any]] = {}
             for j, f in known:
                 score = float(scores[b, j])
