@@ -382,3 +382,22 @@ def test_extra_resamples_equal_the_metrics_on_each_resample(name: str) -> None:
         assert plain and set(plain) <= set(got)
         for field, values in plain.items():
             np.testing.assert_allclose(got[field], values, rtol=0, atol=1e-12, equal_nan=True, err_msg=field)
+
+
+def test_mavl_threshold_ties_are_broken_as_its_resamples_break_them() -> None:
+    """Two thresholds whose mean Dice differ only by float summation order (the same three Dice in
+    another order): the row takes the first, as the bootstrap's resamples do (`first_argmax`)."""
+    inside, above = np.array([8.0, 6.0, 5.0]), np.array([15.0, 16.0, 10.0])
+    perm = [0, 2, 1]  # the same Dice values, summed in another order: a last-bit larger mean
+    sweep_all = np.zeros((3, len(P.MAVL_THRESHOLDS)))
+    sweep_in = np.zeros((3, len(P.MAVL_THRESHOLDS)))
+    sweep_all[:, 0], sweep_in[:, 0] = above, inside
+    sweep_all[:, 1], sweep_in[:, 1] = above[perm], inside[perm]
+    dice = 2 * sweep_in[:, :2] / (sweep_all[:, :2] + 10)
+    assert dice.mean(axis=0)[1] > dice.mean(axis=0)[0]  # np.argmax alone would take the second
+    d = FindingData(region_px=np.ones(3, np.int64), total_px=np.ones(3, np.int64),
+                    hits_all=np.zeros((3, 101), np.int64), hits_region=np.zeros((3, 101), np.int64),
+                    extra={"mavl_sweep_all": sweep_all, "mavl_sweep_region": sweep_in,
+                           "mavl_region_px": np.full(3, 10.0), "mavl_pointing": np.ones(3)}, protocol="mavl")
+    got, res = protocol(d), extra_resamples(d, np.ones((1, 3)))
+    assert got["mavl_threshold"] == float(P.MAVL_THRESHOLDS[0]) == res["mavl_threshold"][0]

@@ -108,7 +108,7 @@ def protocol(d: FindingData) -> dict:
             from ..protocols import MAVL_THRESHOLDS
 
             dice, iou = _mavl_curves(d)
-            k = int(np.argmax(dice.mean(axis=0)))
+            k = int(first_argmax(dice.mean(axis=0)[None])[0])  # the resamples' tie rule (extra_resamples)
             out.update({"mavl_iou": float(iou[:, k].mean()), "mavl_dice": float(dice[:, k].mean()),
                         "mavl_threshold": float(MAVL_THRESHOLDS[k]),
                         "mavl_pointing": _mean(d, "mavl_pointing", reason)})
