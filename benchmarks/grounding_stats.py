@@ -117,7 +117,6 @@ def _compare_batched() -> float:
 
 
 def main() -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     maps, masks = make_case()
     m, r = maps[0].numpy(), masks[0].numpy()
     stats = grounding_stats(maps, masks)

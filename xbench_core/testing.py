@@ -169,6 +169,7 @@ class DatasetPluginTests:
         ids = [dataset.annotation(i).id for i in range(len(dataset))]
         assert len(set(ids)) == len(ids)
         assert ids == [dataset.annotation(i).id for i in range(len(dataset))]
+        assert dataset.ids() == ids  # an ids() that skips building samples names the same ones, in order
 
     def test_annotation_is_cheap_and_canonical(self, dataset: Dataset) -> None:
         for i in range(min(len(dataset), 20)):

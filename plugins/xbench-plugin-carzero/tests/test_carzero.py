@@ -71,7 +71,7 @@ def test_spec_and_random_flag(model) -> None:  # noqa: ANN001
     assert model.capabilities() == {"logits", "feature_layer", "phrases"}
 
 
-def test_phrases_are_prompts_as_they_are_and_cached(model) -> None:  # noqa: ANN001
+def test_phrases_are_prompts_as_they_are_and_cached(model, monkeypatch) -> None:  # noqa: ANN001
     from xbench_core import Phrase
 
     text = "There is a small left apical pneumothorax"
@@ -79,7 +79,11 @@ def test_phrases_are_prompts_as_they_are_and_cached(model) -> None:  # noqa: ANN
     with torch.no_grad():
         q = model.encode_phrases(phrases)
         sentence, memory = model._encode_prompts([text])
-        again = model.encode_phrases([phrases[1], phrases[0]])
+        encoded: list[list[str]] = []
+        real = model._encode_prompts
+        monkeypatch.setattr(model, "_encode_prompts", lambda prompts: encoded.append(prompts) or real(prompts))
+        again = model.encode_phrases([phrases[1], phrases[0], Phrase("A new sentence", "nodule")])
+    assert encoded == [["A new sentence"]]  # the two known texts came from the cache
     assert q.findings == ("pneumothorax", "cardiomegaly") and q.prompts[0] == text
     assert q.memory.shape == (2, 98, 768)
     # alone or beside a shorter prompt: the same up to float rounding (BERT runs to the longest)

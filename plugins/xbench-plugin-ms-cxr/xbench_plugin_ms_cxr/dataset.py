@@ -213,6 +213,10 @@ class MSCXR(Dataset):
     def __len__(self) -> int:
         return len(self._ids)
 
+    def ids(self) -> list[str]:
+        """The sample ids without building each sample (no image-path lookups on disk)."""
+        return list(self._ids)
+
     def _image_path(self, pair: _Pair) -> Path:
         """The image under image_root (files/... or, when image_root is the files/ folder, below it);
         a path that would leave image_root is refused."""
