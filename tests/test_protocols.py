@@ -353,9 +353,9 @@ def test_chexlocalize_tuning_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["chexlocalize", "mavl", "medklip"])
 def test_extra_resamples_equal_the_metrics_on_each_resample(name: str) -> None:
-    """The extra metrics' resamples come from `extra_resamples` alone (their hook adds nothing:
-    the bootstrap does not call them per resample) and equal calling them on each resample, the
-    tuned thresholds included."""
+    """The extra metrics' resample hooks (what the bootstrap calls: all resamples at once) give
+    exactly their fields, equal to calling each metric on each resample, the tuned thresholds
+    included; `extra_resamples` is their union."""
     from xbench_core.metrics import bootstrap as bs
     from xbench_core.metrics.extra import cnr, miou_raw
 
@@ -376,12 +376,16 @@ def test_extra_resamples_equal_the_metrics_on_each_resample(name: str) -> None:
                     extra=extra, protocol=name)
     weights = bs.counts(bs.resample_indices(9, bs.generator(0, name), 40), 9)
     got = extra_resamples(d, weights)
+    hooked_fields: set[str] = set()
     for metric in (cnr, miou_raw, pixel_prs, protocol):
-        assert bs.metric_resamples(metric, "grounding", d, weights) == {}
+        hooked = bs.metric_resamples(metric, "grounding", d, weights)
         plain = bs.plain_resamples(metric, "grounding", d, weights)
-        assert plain and set(plain) <= set(got)
+        assert plain and set(plain) <= set(hooked) <= set(got)
+        hooked_fields |= set(hooked)
         for field, values in plain.items():
+            np.testing.assert_allclose(hooked[field], values, rtol=0, atol=1e-12, equal_nan=True, err_msg=field)
             np.testing.assert_allclose(got[field], values, rtol=0, atol=1e-12, equal_nan=True, err_msg=field)
+    assert hooked_fields == set(got)
 
 
 def test_mavl_threshold_ties_are_broken_as_its_resamples_break_them() -> None:

@@ -37,7 +37,7 @@ import numpy as np
 from ..schema import MEAN
 from . import bootstrap as bs
 from .data import FindingData, Undefined, as_json_value
-from .extra import EXTRA_CI, extra_resamples
+from .extra import EXTRA_CI
 
 VAL_SPLITS = ("val", "valid", "validation", "dev")
 TEST_SPLITS = ("test",)
@@ -294,7 +294,6 @@ def _block_resamples(block: _Block, weights: np.ndarray, grounding: Metrics) -> 
     values = bs.resamples(block.data, grounding, weights, extra=modes)
     if "dice_best" in values and "dice_fixed" in values:
         values["calibration_gap"] = values["dice_best"] - values["dice_fixed"]
-    values.update(extra_resamples(block.data, weights))
     return values
 
 

@@ -1,7 +1,7 @@
 """Metrics beyond the built-in grounding set, from the per-region values in `stats["extra"]`:
 contrast-to-noise ratio, mIoU over fixed raw thresholds, pooled pixel precision/recall/specificity,
-and the values of the grounding protocols (`xbench_core.protocols`). Each has its resamples here
-(`extra_resamples`), so its bootstrap interval is computed like the built-ins'."""
+and the values of the grounding protocols (`xbench_core.protocols`). Each has a `resample` hook that
+computes all its resamples at once, so its bootstrap interval costs what the built-ins' do."""
 
 from __future__ import annotations
 
@@ -140,39 +140,36 @@ def _chexlocalize_tuned(d: FindingData) -> dict[str, Any]:
             "chexlocalize_threshold": round(float(CHEXLOCALIZE_TUNING[k]), 1)}
 
 
-def _resampled_by_extra_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """The resample hook of the metrics above: their resamples come from `extra_resamples`, which
-    the analysis computes once per block; without a hook the bootstrap would also call each of them
-    on every resample (plain resampling, 1,000 calls per finding), only to be overwritten."""
-    return {}
+# ---- resamples: each metric's `resample` hook (see metrics/builtin.py), all resamples at once ------
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-for _metric in (cnr, miou_raw, pixel_prs, protocol):
-    _metric.resample = _resampled_by_extra_resamples  # type: ignore[attr-defined]
-
-
-def extra_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """Every extra field of every resample ([B] each, NaN where undefined); `weights` [B, m]."""
+def _mean_resamples(d: FindingData, weights: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The weighted mean of each per-image field over the images that have a value."""
     out: dict[str, np.ndarray] = {}
-    for name in MEAN_FIELDS:
+    for name in names:
         v = d.extra.get(name)
-        if v is None:
-            continue
-        finite = np.isfinite(v)
-        den = weights @ finite.astype(np.float64)
-        num = weights @ np.where(finite, v, 0.0)
-        out[name] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-    if d.n_regions:
-        tp, fp, fn, tn = (weights @ np.asarray(c, np.float64) for c in pixel_counts(d))
-        for name, num, den in (("pixel_precision", tp, tp + fp), ("pixel_recall", tp, tp + fn),
-                               ("pixel_specificity", tn, tn + fp)):
-            out[name] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        if v is not None:
+            finite = np.isfinite(v)
+            out[name] = _ratio(weights @ np.where(finite, v, 0.0), weights @ finite.astype(np.float64))
+    return out
+
+
+def _pixel_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray]:
+    if not d.n_regions:
+        return {}
+    tp, fp, fn, tn = (weights @ np.asarray(c, np.float64) for c in pixel_counts(d))
+    return {"pixel_precision": _ratio(tp, tp + fp), "pixel_recall": _ratio(tp, tp + fn),
+            "pixel_specificity": _ratio(tn, tn + fp)}
+
+
+def _protocol_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray]:
+    out = _mean_resamples(d, weights, tuple(f for f in MEAN_FIELDS if f not in ("cnr", "miou_raw")))
     if "chexlocalize_sweep_tp" in d.extra and d.n_regions:
         ious = _chexlocalize_ious(d)
         finite = np.isfinite(ious)
-        num = weights @ np.where(finite, ious, 0.0)
-        den = weights @ finite.astype(np.float64)
-        miou = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        miou = _ratio(weights @ np.where(finite, ious, 0.0), weights @ finite.astype(np.float64))
         k = _best_of(miou)
         out["chexlocalize_iou_tuned"] = np.where(k >= 0, miou[np.arange(len(k)), np.maximum(k, 0)], np.nan)
         from ..protocols import CHEXLOCALIZE_TUNING
@@ -199,3 +196,15 @@ def extra_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray
 
         out["mavl_threshold"] = np.where(total > 0, MAVL_THRESHOLDS[best_k].astype(np.float64), np.nan)
     return out
+
+
+# The bootstrap calls these hooks (metrics without one would be called once per resample).
+cnr.resample = lambda d, weights: _mean_resamples(d, weights, ("cnr",))  # type: ignore[attr-defined]
+miou_raw.resample = lambda d, weights: _mean_resamples(d, weights, ("miou_raw",))  # type: ignore[attr-defined]
+pixel_prs.resample = _pixel_resamples  # type: ignore[attr-defined]
+protocol.resample = _protocol_resamples  # type: ignore[attr-defined]
+
+
+def extra_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every extra field of every resample ([B] each, NaN where undefined); `weights` [B, m]."""
+    return {k: v for m in (cnr, miou_raw, pixel_prs, protocol) for k, v in m.resample(d, weights).items()}  # type: ignore[attr-defined]
