@@ -48,38 +48,43 @@ SIGLIP = {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediat
           "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 896, "patch_size": 14,
           "vision_use_head": False}  # fmt: skip
 
+def qwen(hidden: int, intermediate: int, layers: int, heads: int, kv: int, vocab: int, tied: bool = False) -> dict[str, Any]:
+    """A released Qwen2.5-VL config.json (the numbers that differ between sizes)."""
+    tie = {"tie_word_embeddings": True} if tied else {}
+    return {
+        "text_config": {"hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+                        "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab, **tie},
+        "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                          "out_hidden_size": hidden},
+        **tie,
+    }  # fmt: skip
+
+
+def gemma(hidden: int, intermediate: int, layers: int, heads: int, kv: int) -> dict[str, Any]:
+    """A released Gemma 3 config.json (the numbers that differ between sizes)."""
+    return {
+        "text_config": {"hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+                        "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": 256,
+                        "vocab_size": 262208, "sliding_window": 1024, "query_pre_attn_scalar": 256},
+        "vision_config": SIGLIP,
+        "mm_tokens_per_image": 256,
+    }  # fmt: skip
+
+
 # The released configurations (config.json of each Hub repository), for the computed figures.
 RELEASED: dict[str, tuple[str, dict[str, Any]]] = {
-    "Qwen/Qwen2.5-VL-3B-Instruct": ("qwen2_5_vl", {
-        "text_config": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
-                        "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 151936,
-                        "tie_word_embeddings": True},
-        "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
-                          "out_hidden_size": 2048},
-        "tie_word_embeddings": True}),
-    "Qwen/Qwen2.5-VL-7B-Instruct": ("qwen2_5_vl", {
-        "text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064},
-        "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
-                          "out_hidden_size": 3584}}),
-    "google/medgemma-4b-it": ("gemma3", {
-        "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34,
-                        "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
-                        "vocab_size": 262208, "sliding_window": 1024, "query_pre_attn_scalar": 256},
-        "vision_config": SIGLIP,
-        "mm_tokens_per_image": 256}),
-    "google/gemma-3-12b-it": ("gemma3", {
-        "text_config": {"hidden_size": 3840, "intermediate_size": 15360, "num_hidden_layers": 48,
-                        "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256,
-                        "vocab_size": 262208, "sliding_window": 1024, "query_pre_attn_scalar": 256},
-        "vision_config": SIGLIP,
-        "mm_tokens_per_image": 256}),
-}  # fmt: skip
+    "Qwen/Qwen2.5-VL-3B-Instruct": ("qwen2_5_vl", qwen(2048, 11008, 36, 16, 2, 151936, tied=True)),
+    "Qwen/Qwen2.5-VL-7B-Instruct": ("qwen2_5_vl", qwen(3584, 18944, 28, 28, 4, 152064)),
+    "google/medgemma-4b-it": ("gemma3", gemma(2560, 10240, 34, 8, 4)),
+    "google/gemma-3-12b-it": ("gemma3", gemma(3840, 15360, 48, 16, 8)),
+}
 # About (real tokenizers): text tokens all questions share (turn markers, system turn, "Is there
 # evidence of") and those of each finding's suffix (the phrase, the answer instruction, the
 # generation prompt).
 PREFIX_TEXT, SUFFIX_TEXT = 25, 20
 CLIP_IMAGE_PARAMS, CLIP_TOKENS = 86_192_640, 197  # ViT-B/16 image tower, 196 patches + class token
+BF16_BYTES = 2
+SEQUENCES = 16  # the lvlm `sequences` option's default: sequences per language-model call
 
 
 def median_seconds(work: dict[str, Any], repeats: int) -> dict[str, float]:
@@ -156,7 +161,7 @@ def computed_figures() -> list[str]:
 
     clip_flops = 2 * CLIP_IMAGE_PARAMS * CLIP_TOKENS
     lines = [
-        "| model | parameters | bf16 weights | image tokens | eager attention, 16 sequences (bf16) | "
+        f"| model | parameters | bf16 weights | image tokens | eager attention, {SEQUENCES} sequences (bf16) | "
         f"forward FLOPs per image, {len(FINDINGS)} findings | vs CLIP ViT-B/16 | without the shared prefix |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -179,9 +184,9 @@ def computed_figures() -> list[str]:
         image = 2 * vision * patches
         flops = image + 2 * language * (prefix + len(FINDINGS) * SUFFIX_TEXT)
         full = image + len(FINDINGS) * 2 * language * length
-        attention = text.num_hidden_layers * text.num_attention_heads * length * length * 2 * 16
+        attention = text.num_hidden_layers * text.num_attention_heads * length * length * BF16_BYTES * SEQUENCES
         lines.append(
-            f"| {repo} | {total / 1e9:.2f} B | {2 * total / 2**30:.1f} GiB | {tokens} | "
+            f"| {repo} | {total / 1e9:.2f} B | {BF16_BYTES * total / 2**30:.1f} GiB | {tokens} | "
             f"{attention / 2**30:.2f} GiB | {flops / 1e12:.2f} TFLOP | {flops / clip_flops:.0f}x | "
             f"{full / clip_flops:.0f}x |"
         )
@@ -196,7 +201,6 @@ def main() -> None:
     args = ap.parse_args()
     from xbench_plugin_lvlm.tiny import write_tiny_folder
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     registry = get_registry()
     rng = np.random.default_rng(0)
     images = [rng.random((args.resolution, args.resolution), dtype=np.float32) for _ in range(args.images)]

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from xbench_plugin_lvlm.model import NO_WORDS, YES_WORDS, letterbox_size, patchify, smart_resize
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+from xbench_blocks.prompts import fill
+from xbench_plugin_lvlm.model import NO_WORDS, YES_WORDS, letterbox_size, patchify
 from xbench_plugin_lvlm.tiny import write_tiny_folder
 
 from xbench_core import AssetError, ConfigError, get_registry
@@ -62,7 +64,7 @@ def official_inputs(model, image, finding):
     from PIL import Image
 
     rgb = Image.fromarray(np.round(image * 255).astype(np.uint8)).convert("RGB")
-    text = model.question.replace("{finding}", model.queries[finding])
+    text = fill(model.question, model.queries[finding])
     return model.processor.apply_chat_template(
         model._messages(text, rgb), tokenize=True, return_dict=True, add_generation_prompt=True,
         return_tensors="pt",
@@ -314,7 +316,7 @@ def test_user_errors_are_one_line(folders, tmp_path, monkeypatch):
         build(empty)
     with pytest.raises(ConfigError, match="'random' or unset"):
         get_registry().models["lvlm"].build(model=str(folders["gemma3"]), checkpoint="weights.bin")
-    with pytest.raises(ConfigError, match="must contain"):
+    with pytest.raises(ConfigError, match="lacks \\{finding\\}"):
         build(folders["gemma3"], question="Is it there?")
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')

@@ -9,6 +9,7 @@ from typing import Any
 
 from xbench_core import ExplainerSpec, ModelSpec, Option, hookimpl
 
+QUESTION = "Is there evidence of {finding} in the image? Answer directly with yes or no without any explanation."
 NEEDS = frozenset({"lvlm_attention"})
 
 SPEC = ModelSpec(
@@ -33,7 +34,7 @@ SPEC = ModelSpec(
         Option(
             "question",
             str,
-            "Is there evidence of {finding} in the image? Answer directly with yes or no without any explanation.",
+            QUESTION,
             "the user turn after the image; {finding} is replaced by the finding's phrase",
         ),
         Option("dtype", str, "auto", "weights: auto (bfloat16 with CUDA, else float32)",

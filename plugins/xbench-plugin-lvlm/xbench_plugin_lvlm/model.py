@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from xbench_blocks.prompts import PROMPT_PHRASES
+from xbench_blocks.prompts import PROMPT_PHRASES, check_templates, fill
 
 from xbench_core import ConfigError, FeatureLayer, Geometry, Model, ModelOutput
 from xbench_core.geometry import resize
 
+from . import QUESTION
 from .loading import build, choose_dtype, resolve_model
 
-QUESTION = "Is there evidence of {finding} in the image? Answer directly with yes or no without any explanation."
 YES_WORDS = ("Yes", "yes")
 NO_WORDS = ("No", "no")
 MAP_KINDS = ("cross_attention", "attention_mean", "rollout")
@@ -60,24 +60,6 @@ def letterbox_size(original: tuple[int, int], side: int) -> tuple[int, int, int,
     scale = side / float(max(h, w))
     nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
     return nh, nw, (side - nh) // 2, (side - nw) // 2
-
-
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Qwen2-VL's image size rule (transformers qwen2_vl/image_processing_qwen2_vl.py): multiples of
-    `factor`, pixel count within [min_pixels, max_pixels], aspect ratio kept as closely as possible."""
-    if max(height, width) / min(height, width) > 200:
-        raise ConfigError(f"lvlm: aspect ratio {max(height, width) / min(height, width):.0f} exceeds Qwen's limit of 200")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
 def patchify(pixels: Any, patch: int, merge: int, temporal: int) -> Any:
@@ -133,8 +115,7 @@ class LVLM(Model):
             raise ConfigError(
                 f"lvlm.checkpoint must be 'random' or unset (the weights come with lvlm.model), got {checkpoint!r}"
             )
-        if "{finding}" not in question:
-            raise ConfigError(f"lvlm.question must contain {{finding}}, got {question!r}")
+        (question,) = check_templates([question], "lvlm.question")
         folder = resolve_model(model, random_weights)
         hf, processor, family = build(folder, random_weights, choose_dtype(dtype))
         self.module = _module(hf)
@@ -154,6 +135,8 @@ class LVLM(Model):
             vision = config.vision_config
             self.patch, self.merge = int(vision.patch_size), int(vision.spatial_merge_size)
             self.temporal = int(vision.temporal_patch_size)
+            from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
             size = image.size
             side = smart_resize(
                 self.image_size, self.image_size, self.patch * self.merge,
@@ -225,7 +208,7 @@ class LVLM(Model):
         blank = Image.fromarray(np.zeros((self.image_size, self.image_size, 3), np.uint8))
         rows, positions = [], None
         for finding in findings:
-            text = self.question.replace("{finding}", self.queries[finding])
+            text = fill(self.question, self.queries[finding])
             inputs = self.processor.apply_chat_template(
                 self._messages(text, blank), tokenize=True, return_dict=True, add_generation_prompt=True,
             )  # fmt: skip
@@ -285,7 +268,7 @@ class LVLM(Model):
         import torch
 
         lvlm = self.module.lvlm.model
-        pixels = pixels.to(lvlm.dtype if hasattr(lvlm, "dtype") else pixels.dtype)
+        pixels = pixels.to(lvlm.dtype)
         b = pixels.shape[0]
         if self.family == "qwen2_5_vl":
             flat = patchify(pixels, self.patch, self.merge, self.temporal)
@@ -313,7 +296,8 @@ class LVLM(Model):
     def _run(self, tokens: Any, queries: Queries, attentions: bool) -> tuple[Any, list[Any] | None]:
         """All (image, finding) sequences: yes-vs-no logits [B, F] and, when asked, per chunk of
         sequences: their (image, finding) pairs, the answer rows in the suffix (lengths - prefix),
-        the suffix's attention per layer [n, H, S, L] and the prefix's [n, H, P, P] (None without).
+        the suffix's attention per layer [n, H, S, L] and the prefix's of every image, heads
+        averaged, per layer [B, P, P] (one list shared by all chunks; None without a prefix).
 
         The shared prefix (system turn, image, the question's common start) runs once per image;
         its keys and values serve the image's F question suffixes, read `sequences` at a time.
@@ -336,8 +320,10 @@ class LVLM(Model):
                 **self._image_inputs(ids, tokens), **extra,
             )  # fmt: skip
             cached = [(layer.keys, layer.values) for layer in first.cache.layers]
+            # Rollout averages the heads anyway: keep the prefix rows once, H times smaller.
+            above = [top.float().mean(1) for top in first.attentions] if attentions else None
         logits, kept = [], []
-        for start in range(0, len(pairs), max(1, self.sequences)):
+        for start in range(0, len(pairs), self.sequences):
             chunk = pairs[start : start + self.sequences]
             bi, fi = chunk[:, 0].to(device), chunk[:, 1].to(device)
             lengths = queries.lengths[fi]
@@ -359,8 +345,7 @@ class LVLM(Model):
             y = queries.yes_count
             logits.append(torch.logsumexp(answer[:, :y], -1) - torch.logsumexp(answer[:, y:], -1))
             if attentions:  # the suffix rows; the prefix rows (shared by the image's sequences) beside
-                above = [top[bi] for top in first.attentions] if p else None
-                kept.append((chunk, lengths - p, out.attentions, above))
+                kept.append((chunk, lengths - p, out.attentions, above if p else None))
         flat = torch.cat(logits) if logits else tokens.new_zeros(0)
         return flat.reshape(b, f), (kept if attentions else None)
 
@@ -379,8 +364,11 @@ class LVLM(Model):
             out["cross_attention"][bi, fi] = answer[-1]
             out["attention_mean"][bi, fi] = torch.stack(answer).mean(0)
             full = rows + (layers[0].shape[-1] - layers[0].shape[-2])  # answer rows in the whole sequence
-            if above is not None:  # full [n, H, L, L]: the prefix rows (padded to L keys) on top
-                layers = [torch.cat([pad(top, (0, a.shape[-1] - top.shape[-1])), a], -2) for top, a in zip(above, layers)]
+            if above is not None:  # full [n, 1, L, L], heads averaged: the prefix rows (padded to L keys) on top
+                layers = [
+                    torch.cat([pad(top[bi], (0, a.shape[-1] - top.shape[-1])), a.float().mean(1)], -2)[:, None]
+                    for top, a in zip(above, layers)
+                ]
             out["rollout"][bi, fi] = rollout(layers, full, queries.image_positions)
         return {k: v.reshape(b, f, *self.grid) for k, v in out.items()}
 

@@ -81,7 +81,7 @@ def _byte_level_tokenizer(special: tuple[str, ...]) -> object:
     return tokenizer
 
 
-def _qwen(folder: Path, image_size: int) -> None:
+def _qwen(folder: Path) -> None:
     from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
@@ -172,5 +172,8 @@ def write_tiny_folder(path: str | Path, family: str, image_size: int = 112) -> P
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    (_qwen if family == "qwen2_5_vl" else _gemma)(folder, image_size)
+    if family == "qwen2_5_vl":
+        _qwen(folder)
+    else:
+        _gemma(folder, image_size)
     return folder
