@@ -171,7 +171,9 @@ def test_phrases_are_encoded_as_single_prompts_and_cached(biovil_t) -> None:
         ("Small left pleural effusion.",),
         ("The heart is enlarged",),
     )
-    assert queries.negative_prompts[0] == biovil_t._prompts("pleural_effusion")[1]
+    # the other side of a phrase's score: its finding's negative prompts
+    assert queries.negative_prompts[0] == ("There is no pleural effusion", "No evidence of pleural effusion",
+                                           "No signs of pleural effusion")  # fmt: skip
     # the trailing period is stripped before tokenization: the same embedding as without it
     alone = F.normalize(biovil_t._encode_text(["Small left pleural effusion"]), dim=-1)[0]
     torch.testing.assert_close(queries.positive[0], alone, rtol=1e-5, atol=1e-6)

@@ -246,8 +246,10 @@ def test_embeddings_scores_and_maps_equal_the_official_engine(pair, images) -> N
                 assert rel < RTOL
 
 
-def test_print_figures() -> None:
-    """The figures for the plugin README (run with -s)."""
+@pytest.fixture(scope="module", autouse=True)
+def print_figures():  # noqa: ANN201
+    """After this module's tests: the figures for the plugin README (run with -s)."""
+    yield
     for variant, rows in FIGURES.items():
         print(f"\n{variant}: output | max abs error | max relative error")
         for what, (err, rel) in rows.items():
