@@ -123,14 +123,16 @@ def minmax(maps: Any) -> Any:
     return ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(maps.shape)
 
 
-def naive(model: Toy, pixels: Any, f: int, kind: str) -> Any:
-    """Grad-CAM / HiResCAM / LayerCAM of one finding, image by image, from their definitions."""
+def naive(model: Toy, pixels: Any, f: int | torch.Tensor, kind: str) -> Any:
+    """Grad-CAM / HiResCAM / LayerCAM of finding f's logit (or of the logits weighted by f), image
+    by image, from their definitions."""
     out = []
     queries = model.encode_queries(FINDINGS)
     for x in pixels:
         a = model._grid(x[None]).detach().requires_grad_(True)
         weights = torch.linspace(0.5, 1.5, a.shape[-1])
-        logit = (torch.tanh(model.module.head((a * weights).mean(dim=(2, 3)))) @ queries.T)[0, f]
+        logits = (torch.tanh(model.module.head((a * weights).mean(dim=(2, 3)))) @ queries.T)[0]
+        logit = logits[f] if isinstance(f, int) else logits @ f
         (g,) = torch.autograd.grad(logit, a)
         a, g = a[0].detach(), g[0]
         if kind == "gradcam":
@@ -292,18 +294,32 @@ def test_perturbation_methods_on_real_models(model: str, name: str) -> None:
     assert float(maps.max() - maps.min()) > 0
 
 
-def test_finercam_with_one_finding_is_gradcam() -> None:
+def test_finercam_against_its_definition() -> None:
+    """One queried finding: nothing to compare with, so Finer-CAM is Grad-CAM of the finding's
+    logit whatever alpha (the package alone, with no comparison class, weighs an empty sum: a zero
+    target and a blank map). Two: Grad-CAM of the logit minus alpha times the other one's (the
+    softmax weight of the single comparison divides out)."""
     from xbench_plugin_gradcam.methods import CAMExplainer
 
-    model = Toy()
+    model = Toy(k=16)  # every map below has positive values: a blank one would prove nothing
     pixels = batch(model)
-    nonzero = 0
-    for finding in FINDINGS:
+
+    def finercam(findings: list[str], alpha: float) -> Any:
         with torch.inference_mode():
-            queries = model.encode_queries([finding])
+            queries = model.encode_queries(findings)
             output = model.forward(pixels, queries)
-        finer = CAMExplainer("FinerCAM", True, alpha=1.0).explain(model, pixels, queries, output)
-        plain = CAMExplainer("GradCAM", True).explain(model, pixels, queries, output)
-        assert torch.equal(finer, plain)
-        nonzero += int((plain > 0).any())
-    assert nonzero
+        return CAMExplainer("FinerCAM", True, alpha=alpha).explain(model, pixels, queries, output)
+
+    for f, finding in enumerate(FINDINGS):
+        want = minmax(naive(model, pixels, f, "gradcam")[:, None])
+        assert (want.amax(dim=(1, 2, 3)) == 1).all()
+        for alpha in (1.0, 0.3):
+            assert torch.allclose(finercam([finding], alpha), want, atol=1e-5), (finding, alpha)
+    pair = finercam(FINDINGS[:2], 0.5)
+    for f, other in ((0, 1), (1, 0)):
+        weights = torch.zeros(len(FINDINGS))
+        weights[f], weights[other] = 1.0, -0.5
+        want = minmax(naive(model, pixels, weights, "gradcam")[:, None])[:, 0]
+        assert (want.amax(dim=(1, 2)) == 1).all()
+        assert torch.allclose(pair[:, f], want, atol=1e-5), f
+        assert not torch.allclose(want, minmax(naive(model, pixels, f, "gradcam")[:, None])[:, 0])
