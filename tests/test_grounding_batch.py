@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from xbench_core.geometry import Geometry
-from xbench_core.grounding import evaluate_maps
-from xbench_core.grounding_batch import _stats_on_device, evaluate_batch
+from xbench_core.grounding import _stats_on_device, evaluate_maps
+from xbench_core.grounding_batch import evaluate_batch
 
 GRID = (7, 7)
 GEOMETRIES = {

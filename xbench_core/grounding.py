@@ -165,24 +165,27 @@ def normalize(maps: Any) -> tuple[Any, Any]:
 def evaluate_maps(maps: Any, geometry: Geometry, eval_size: tuple[int, int], masks: Any) -> GroundingStats:
     """The whole per-image step: [F, gh, gw] input-frame maps and F region masks [He, We] ->
     statistics. On the CPU it runs in numpy; on an accelerator in torch, on the device."""
-    if getattr(maps, "device", None) is not None and maps.device.type != "cpu":
+    return frame_stats(to_eval_frame(numpy_on_cpu(maps), geometry, eval_size), masks)
+
+
+def numpy_on_cpu(maps: Any) -> Any:
+    """Maps as the grounding step takes them: numpy on the CPU (faster there), a detached tensor
+    on an accelerator."""
+    if isinstance(maps, np.ndarray):
+        return maps
+    maps = maps.detach()
+    return maps.float().numpy() if maps.device.type == "cpu" else maps
+
+
+def frame_stats(frame: Any, masks: Any) -> GroundingStats:
+    """The step after `to_eval_frame`: statistics and extras of eval-frame maps [N, He, We] against
+    N region masks [He, We]. A numpy frame (float32, normalized in place) runs in numpy; a tensor
+    runs in torch on its device (`_stats_on_device`)."""
+    regions = np.stack([np.asarray(m, dtype=bool) for m in masks])
+    if not isinstance(frame, np.ndarray):
         import torch
 
-        frame = to_eval_frame(maps, geometry, eval_size)
-        regions = torch.stack([torch.as_tensor(m) for m in masks]).to(frame.device, non_blocking=True).bool()
-        raw_iou = _raw_miou(frame, regions)
-        normed, _ = normalize(frame)
-        stats = _stats_torch(normed, regions)
-        stats.extra = _extras(normed, regions, raw_iou)
-        return stats
-    values = maps.detach().float().numpy() if not isinstance(maps, np.ndarray) else maps
-    return frame_stats(to_eval_frame(values, geometry, eval_size), masks)
-
-
-def frame_stats(frame: np.ndarray, masks: Any) -> GroundingStats:
-    """The CPU step after `to_eval_frame`: statistics and extras of eval-frame maps [N, He, We]
-    (float32, normalized in place) against N region masks."""
-    regions = np.stack([np.asarray(m, dtype=bool) for m in masks])
+        return _stats_on_device(frame, torch.from_numpy(regions).to(frame.device, non_blocking=True))
     raw_iou = _raw_miou(frame, regions)  # before normalize, which works in place
     normed, _ = normalize(frame)
     stats = _stats_numpy(normed, regions)
@@ -193,19 +196,26 @@ def frame_stats(frame: np.ndarray, masks: Any) -> GroundingStats:
 RAW_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)  # MS-CXR's mIoU thresholds on raw (cosine) maps
 
 
-def _raw_miou(frame: Any, regions: Any) -> list[float]:
+def _raw_miou(frame: np.ndarray, regions: np.ndarray) -> list[float]:
     """Per map, the mean over RAW_THRESHOLDS of the IoU of `raw >= t` with the region."""
     out = []
     for v, r in zip(frame, regions):
-        n_region = int(r.sum())
-        ious = []
+        tp, pred = [], []
         for t in RAW_THRESHOLDS:
-            pred = v >= np.float32(t) if isinstance(v, np.ndarray) else v >= t
-            tp = int((pred & r).sum())
-            union = int(pred.sum()) + n_region - tp
-            ious.append(tp / union if union else 0.0)
-        out.append(float(np.mean(ious)))
+            above = v >= np.float32(t)
+            tp.append(int((above & r).sum()))
+            pred.append(int(above.sum()))
+        out.append(_mean_iou(tp, pred, int(r.sum())))
     return out
+
+
+def _mean_iou(tp: Any, pred: Any, n_region: int) -> float:
+    """The mean over thresholds of the IoU from integer counts (0 for an empty union)."""
+    ious = []
+    for tp_t, pred_t in zip(tp, pred):
+        union = int(pred_t) + n_region - int(tp_t)
+        ious.append(int(tp_t) / union if union else 0.0)
+    return float(np.mean(ious))
 
 
 def _extras(normed: Any, regions: Any, raw_iou: list[float]) -> list[dict[str, Any]]:
@@ -213,8 +223,6 @@ def _extras(normed: Any, regions: Any, raw_iou: list[float]) -> list[dict[str, A
     variances, float64) on the normalized map, and the raw-threshold mIoU."""
     out = []
     for v, r, miou in zip(normed, regions, raw_iou):
-        if not isinstance(v, np.ndarray):
-            v, r = v.detach().double().cpu().numpy(), r.detach().cpu().numpy()
         v64 = v.reshape(-1).astype(np.float64)
         inside_mask = r.reshape(-1)
         inside, outside = v64[inside_mask], v64[~inside_mask]
@@ -349,6 +357,60 @@ def _stats_torch(maps: Any, masks: Any) -> GroundingStats:
     fraction = region_pixels.double() / total.double()
     ebpg = torch.where(mass > 0, inside / torch.where(mass > 0, mass, torch.ones_like(mass)), fraction)
     return GroundingStats(hits_all, hits_region, region_pixels, total, pointing, ebpg, constant, pointing_any, pointing_first)
+
+
+def _stats_on_device(frame: Any, regions: Any) -> GroundingStats:
+    """The statistics and extras of N eval-frame maps [N, He, We] and masks in torch, on their
+    device, brought to the host in one transfer."""
+    import torch
+
+    n = frame.shape[0]
+    flat_raw, region = frame.reshape(n, -1), regions.reshape(n, -1)
+    # raw-threshold IoUs: true positives and predicted pixels per threshold (integers, finished on the host)
+    tp, pred = [], []
+    for t in RAW_THRESHOLDS:
+        above = flat_raw >= float(np.float32(t))
+        tp.append((above & region).sum(1))
+        pred.append(above.sum(1))
+    normed, _ = normalize(frame)
+    stats = _stats_torch(normed, regions)
+    # CNR: population means and variances inside and outside the region, float64, two passes
+    v = normed.reshape(n, -1).double()
+    inside = region.double()
+    n_in = stats.region_pixels.double()
+    n_out = stats.total_pixels - n_in
+    mean_in = (v * inside).sum(1) / n_in.clamp(min=1)
+    mean_out = (v * (1 - inside)).sum(1) / n_out.clamp(min=1)
+    var_in = (((v - mean_in[:, None]) ** 2) * inside).sum(1) / n_in.clamp(min=1)
+    var_out = (((v - mean_out[:, None]) ** 2) * (1 - inside)).sum(1) / n_out.clamp(min=1)
+    cnr_num, cnr_spread = (mean_in - mean_out).abs(), torch.sqrt(var_in + var_out)
+    parts = {
+        "hits_all": stats.hits_all, "hits_region": stats.hits_region, "region_px": stats.region_pixels,
+        "total": stats.total_pixels, "pointing": stats.pointing_game, "ebpg": stats.ebpg,
+        "constant": stats.constant, "pointing_any": stats.pointing_any, "pointing_first": stats.pointing_first,
+        "tp": torch.stack(tp, 1), "pred": torch.stack(pred, 1),
+        "cnr_num": cnr_num, "cnr_spread": cnr_spread,
+    }
+    columns = [c.double().reshape(n, -1) for c in parts.values()]
+    host = torch.cat(columns, 1).cpu().numpy()  # the one synchronization
+    h: dict[str, np.ndarray] = {}
+    at = 0
+    for name, c in zip(parts, columns):
+        h[name] = host[:, at : at + c.shape[1]] if c.shape[1] > 1 else host[:, at].copy()
+        at += c.shape[1]
+    ints = {k: h[k].astype(np.int64) for k in ("hits_all", "hits_region", "region_px", "total", "tp", "pred")}
+    extra = []
+    for i in range(n):
+        n_in = int(ints["region_px"][i])
+        cnr = None
+        if 0 < n_in < ints["total"][i] and h["cnr_spread"][i] > 0:
+            cnr = float(h["cnr_num"][i] / h["cnr_spread"][i])
+        extra.append({"cnr": cnr, "miou_raw": _mean_iou(ints["tp"][i], ints["pred"][i], n_in)})
+    t = torch.from_numpy
+    return GroundingStats(
+        t(ints["hits_all"]), t(ints["hits_region"]), t(ints["region_px"]), t(ints["total"]), t(h["pointing"]),
+        t(h["ebpg"]), t(h["constant"] > 0), t(h["pointing_any"]), t(h["pointing_first"]), extra,
+    )
 
 
 def naive_counts(values: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
