@@ -28,6 +28,7 @@ import timeit
 from pathlib import Path
 
 import numpy as np
+from synthetic import phantom_pixels, write_dicom
 
 from xbench_core import get_registry
 from xbench_core.engine.transfer import PackedMask
@@ -70,27 +71,6 @@ def area_axis_prefix_sums(image: np.ndarray, size: int, axis: int) -> np.ndarray
     part = (edges - whole).reshape(-1, *([1] * (moved.ndim - 1)))
     integral = prefix[whole] + part * moved[whole]
     return np.moveaxis((integral[1:] - integral[:-1]) / (n / size), 0, axis)
-
-
-def write_dicom(path: Path, shape: tuple[int, int], seed: int = 0) -> Path:
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.Rows, ds.Columns = shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    y, x = np.mgrid[: shape[0], : shape[1]]
-    base = 2000 + 1000 * np.sin(x / 97.0) * np.cos(y / 131.0)
-    noise = np.random.default_rng(seed).normal(0, 200, shape)
-    ds.PixelData = np.clip(base + noise, 0, 4095).astype("<u2").tobytes()
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    return path
 
 
 def median_time(repeats: int, fn, *args) -> float:
@@ -136,7 +116,7 @@ def main() -> None:
         now_area = geometry._area_axis
         last = ""
         for label, shape in SHAPES.items():
-            path = write_dicom(tmp / f"{label}.dcm", shape)
+            path = write_dicom(tmp / f"{label}.dcm", phantom_pixels(shape, np.random.default_rng(0)))
             image = read_image(path)
             assert np.array_equal(image, decode_float64(path))  # the same pixels
             r = args.repeats

@@ -12,17 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
-from synthetic import install_plugin, write_dicoms
+from synthetic import bench_data, timed_run
 
-from xbench_core import get_registry
-from xbench_core.engine.config import build_config
 from xbench_core.engine.image_cache import CacheSettings, ImageCache
-from xbench_core.engine.session import execute
 
 
 def main() -> None:
@@ -30,22 +24,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--size", type=int, default=2048)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="xbench-bench-"))
-    try:
-        root = write_dicoms(tmp / "data", args.images, size=args.size, png=True)
-        install_plugin(tmp / "plugin")
-        registry = get_registry(refresh=True)
+    with bench_data(args.images, size=args.size, png=True) as (tmp, root, registry):
         rates, rows = {}, {}
-        warm_up = {"datasets": [{"name": "bench-dicoms", "root": str(root)}], "models": ["bench-prior-0"],
-                   "limit": 2, "out": str(tmp / "warm-up"), "device": "cpu"}
-        execute(build_config(warm_up, registry), registry, quiet=True)  # imports, file system cache
+        models = ["bench-prior-0"]
+        timed_run(registry, root, models, tmp / "warm-up", limit=2)  # imports, file system cache
         for label, cache in (("no cache", None), ("cold cache", str(tmp / "cache")), ("warm cache", str(tmp / "cache"))):
-            cfg = build_config({"datasets": [{"name": "bench-dicoms", "root": str(root)}], "models": ["bench-prior-0"],
-                                "batch_size": 4, "workers": 0, "out": str(tmp / label.replace(" ", "-")),
-                                "device": "cpu", "image_cache": cache}, registry)
-            start = time.perf_counter()
-            _, results = execute(cfg, registry, quiet=True)
-            rates[label] = args.images / (time.perf_counter() - start)
+            out = tmp / label.replace(" ", "-")
+            seconds, results = timed_run(registry, root, models, out, batch_size=4, image_cache=cache)
+            rates[label] = args.images / seconds
             rows[label] = json.dumps(results["rows"])
             print(f"{label}: {rates[label]:.2f} img/s")
         assert rows["warm cache"] == rows["no cache"] == rows["cold cache"], "cached results differ"
@@ -67,8 +53,6 @@ def main() -> None:
         size = sum(p.stat().st_size for p in (tmp / "cache").glob("*/*.npy")) / 2**20
         print(f"cache: {size:.0f} MiB for {args.images} images; results equal with and without it")
         print(f"image_cache_speedup: {rates['warm cache'] / rates['no cache']:.2f}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

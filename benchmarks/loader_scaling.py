@@ -26,11 +26,9 @@ import time
 from pathlib import Path
 
 import torch
-from synthetic import best_model, install_plugin, write_dicoms
+from synthetic import best_model, install_plugin, timed_run, write_dicoms
 
 from xbench_core import get_registry
-from xbench_core.engine.config import build_config
-from xbench_core.engine.session import execute
 from xbench_core.io import read_image
 
 
@@ -45,15 +43,8 @@ def run_time(registry, root: Path, model: dict, workers: int, batch: int, out: P
             return run_time(registry, root, model, workers, batch, out, cap)
         finally:
             torch.set_num_threads(threads)
-    shutil.rmtree(out, ignore_errors=True)
-    data = {"datasets": [{"name": "bench-dicoms", "root": str(root)}], "models": [model],
-            "batch_size": batch, "workers": workers, "out": str(out), "device": "cpu"}
-    if cap:
-        data["grounding"] = {"eval_size": cap}
-    cfg = build_config(data, registry)
-    start = time.perf_counter()
-    execute(cfg, registry, quiet=True)
-    return time.perf_counter() - start
+    grounding = {"grounding": {"eval_size": cap}} if cap else {}
+    return timed_run(registry, root, [model], out, batch_size=batch, workers=workers, **grounding)[0]
 
 
 def compress(root: Path) -> Path:

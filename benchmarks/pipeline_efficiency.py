@@ -11,17 +11,11 @@ Last line: `efficiency: <bare_time / xbench_time>` (1.0 means the harness costs 
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from synthetic import FINDINGS, best_model, install_plugin, write_dicoms
-
-from xbench_core import get_registry
-from xbench_core.engine.config import build_config
-from xbench_core.engine.session import execute
+from synthetic import FINDINGS, bench_data, best_model, timed_run
 
 
 def bare(registry, root: Path, name: str, options: dict, batch: int) -> float:
@@ -39,29 +33,13 @@ def bare(registry, root: Path, name: str, options: dict, batch: int) -> float:
     return time.perf_counter() - start
 
 
-def harness(registry, root: Path, name: str, options: dict, batch: int, out: Path) -> float:
-    shutil.rmtree(out, ignore_errors=True)
-    cfg = build_config(
-        {"datasets": [{"name": "bench-dicoms", "root": str(root)}], "models": [{"name": name, **options}],
-         "batch_size": batch, "workers": 0, "out": str(out), "device": "cpu"},
-        registry,
-    )
-    start = time.perf_counter()
-    execute(cfg, registry, quiet=True)
-    return time.perf_counter() - start
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--model", help="model name (default clip at random weights if installed)")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="xbench-bench-"))
-    try:
-        root = write_dicoms(tmp / "data", args.images)
-        install_plugin(tmp / "plugin")
-        registry = get_registry(refresh=True)
+    with bench_data(args.images) as (tmp, root, registry):
         if args.model:
             spec = registry.models[args.model]
             name = args.model
@@ -72,13 +50,12 @@ def main() -> None:
         times_b, times_x = [], []
         for _ in range(2):
             times_b.append(bare(registry, root, name, options, args.batch))
-            times_x.append(harness(registry, root, name, options, args.batch, tmp / "run"))
+            model = [{"name": name, **options}]
+            times_x.append(timed_run(registry, root, model, tmp / "run", batch_size=args.batch)[0])
         tb, tx = min(times_b), min(times_x)
         print(f"bare loop: {tb:.2f} s ({args.images / tb:.2f} img/s)")
         print(f"xbench:    {tx:.2f} s ({args.images / tx:.2f} img/s)")
         print(f"efficiency: {tb / tx:.3f}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

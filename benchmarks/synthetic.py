@@ -4,8 +4,14 @@ point written next to it)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import shutil
 import sys
+import tempfile
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,38 +73,53 @@ def xbench_register_datasets(register):
 '''
 
 
-def write_dicoms(folder: Path, n: int, size: int = 1024, seed: int = 0, png: bool = False) -> Path:
-    """n distinct 16-bit MONOCHROME2 DICOMs (or 16-bit PNGs) with labels and boxes (labels.json)."""
-    import json
+@functools.lru_cache(maxsize=2)
+def _pattern(shape: tuple[int, int]) -> np.ndarray:
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    return 2000 + 1000 * np.sin(x / 97.0) * np.cos(y / 131.0)
 
+
+def phantom_pixels(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A smooth 12-bit pattern with Gaussian noise, uint16."""
+    return np.clip(_pattern(shape) + rng.normal(0, 200, shape), 0, 4095).astype(np.uint16)
+
+
+def write_dicom(path: Path, pixels: np.ndarray) -> Path:
+    """An uncompressed 16-bit MONOCHROME2 DICOM (12 bits stored, no window) of `pixels`."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def write_dicoms(folder: Path, n: int, size: int = 1024, seed: int = 0, png: bool = False) -> Path:
+    """n distinct 16-bit MONOCHROME2 DICOMs (or 16-bit PNGs) with labels and boxes (labels.json)."""
+    import json
+
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[:size, :size]
-    base = (2000 + 1000 * np.sin(x / 97.0) * np.cos(y / 131.0)).astype(np.float64)
     entries = []
     for i in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        img = np.clip(base + rng.normal(0, 200, (size, size)), 0, 4095).astype(np.uint16)
+        img = phantom_pixels((size, size), rng)
         if png:
             from PIL import Image
 
             name = f"img{i:05d}.png"
             Image.fromarray(img * 16).save(folder / name)
         else:
-            ds.PixelData = img.tobytes()
             name = f"img{i:05d}.dcm"
-            pydicom.dcmwrite(folder / name, ds, enforce_file_format=True)
+            write_dicom(folder / name, img)
         labels, boxes = {}, {}
         for f in FINDINGS:
             labels[f] = int(rng.random() < 0.4)
@@ -127,6 +148,36 @@ def install_plugin(folder: Path) -> Path:
 
     get_registry(refresh=True)
     return folder
+
+
+@contextlib.contextmanager
+def bench_data(n: int, **options: Any) -> Iterator[tuple[Path, Path, Any]]:
+    """(temporary folder, image root, registry): n images by `write_dicoms(..., **options)` and
+    the `bench-dicoms` plugin installed; the folder is removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="xbench-bench-"))
+    try:
+        root = write_dicoms(tmp / "data", n, **options)
+        install_plugin(tmp / "plugin")
+        from xbench_core import get_registry
+
+        yield tmp, root, get_registry(refresh=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def timed_run(registry: Any, root: Path, models: list, out: Path, **settings: Any) -> tuple[float, dict]:
+    """Seconds and results of one run of `models` over the `bench-dicoms` folder `root` in this
+    process (CPU, 0 loader workers unless `settings` say otherwise), `out` emptied first."""
+    from xbench_core.engine.config import build_config
+    from xbench_core.engine.session import execute
+
+    shutil.rmtree(out, ignore_errors=True)
+    data = {"datasets": [{"name": "bench-dicoms", "root": str(root)}], "models": models,
+            "workers": 0, "out": str(out), "device": "cpu", **settings}
+    cfg = build_config(data, registry)
+    start = time.perf_counter()
+    _, results = execute(cfg, registry, quiet=True)
+    return time.perf_counter() - start, results
 
 
 def best_model(registry: Any) -> tuple[str, dict[str, Any]]:
