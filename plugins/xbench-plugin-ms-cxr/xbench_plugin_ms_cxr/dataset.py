@@ -31,6 +31,7 @@ LAYOUT = """\
     MS_CXR_Local_Alignment_v1.1.0.csv    (or v1.0.0, or the .json) from physionet.org/content/ms-cxr
   <image_root>/                          MIMIC-CXR-JPG (default: root)
     files/p10/p10233088/s54276838/675d792f-a3521e48-5eec8573-1e81d644-e60c34f8.jpg ..."""
+CATEGORY_NAMES = {finding: name for name, finding in CATEGORIES.items()}  # finding id -> category_name
 COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
 
 
@@ -238,7 +239,7 @@ class MSCXR(Dataset):
             "path": str(self._image_path(pair)),
             "size": pair.size,
             "dicom_id": pair.dicom_id,
-            "category_name": next(k for k, v in CATEGORIES.items() if v == pair.finding),
+            "category_name": CATEGORY_NAMES[pair.finding],
             "label_text": pair.text,
         }
         if len(parts) >= 4 and parts[0] == "files":
