@@ -22,7 +22,8 @@ open_clip plumbing both plugins need. Nothing heavy is imported at module level:
 `PROMPT_OPTIONS` while they register, which `xbench list` runs.
 
 Public (through `xbench_core`): `PROMPT_PHRASES`, `PROMPT_OPTIONS`, `PromptEmbeddings`,
-`PromptPairMixin`, `quiet_open_clip`, `strip_open_clip_schema`.
+`PromptPairMixin`, `quiet_open_clip`, `strip_open_clip_schema`, `open_clip_weights_in`,
+`create_open_clip`, `load_open_clip_weights`.
 """
 
 from __future__ import annotations
@@ -31,9 +32,17 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from xbench_core import ConfigError, DataError, ModelOutput, Option, UnsupportedFinding
+from xbench_core import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ModelOutput,
+    Option,
+    UnsupportedFinding,
+)
 
 # Canonical finding id -> lower-case phrase put into the templates. CLIP-style models have no fixed
 # label set, so every finding that a phrase can state is supported. The three catch-all labels (no
@@ -338,3 +347,62 @@ def quiet_open_clip() -> Iterator[None]:
         yield
     finally:
         root.removeFilter(drop)
+
+
+def open_clip_weights_in(folder: Path, names: Sequence[str], label: str, option: str) -> Path:
+    """The weights file of a checkpoint folder: the first of `names` in it, else its only
+    *.safetensors/.bin/.pt/.pth file; otherwise a CheckpointError that lists the folder."""
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    suffixes = (".safetensors", ".bin", ".pt", ".pth")
+    found = sorted(p for p in folder.iterdir() if p.suffix in suffixes and p.is_file())
+    if len(found) == 1:
+        return found[0]
+    listing = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+    raise CheckpointError(
+        f"{label} checkpoint folder {folder} holds no single weights file (looked for "
+        f"{', '.join(names)} or one *.safetensors/*.bin/*.pt/*.pth file); it holds {listing}. "
+        f"Pass the weights file itself with --set {option}=FILE."
+    )
+
+
+def create_open_clip(name: str, kind: str, label: str, hint: str, **options: Any) -> Any:
+    """`open_clip.create_model(name, **options)` on the CPU in eval mode, no weights loaded: random
+    weights drawn with seed 0 (the caller's RNG untouched), no warnings about the missing weights.
+    A failure, or a model that is not an `open_clip.<kind>` (`label` in words), is a CheckpointError
+    ending in `hint`."""
+    import open_clip
+    import torch
+
+    with torch.random.fork_rng(devices=[]), quiet_open_clip():
+        torch.manual_seed(0)
+        try:
+            model = open_clip.create_model(
+                name,
+                load_weights=False,
+                pretrained_image=False,
+                pretrained_text=False,
+                device="cpu",
+                **options,
+            )
+        except (ValueError, RuntimeError, OSError, KeyError) as error:
+            raise CheckpointError(
+                f"open_clip could not build {label} from {name}: {error}. {hint}"
+            ) from error
+    if not isinstance(model, getattr(open_clip, kind)):
+        raise CheckpointError(f"{name} describes a {type(model).__name__}, not {label}. {hint}")
+    return model.eval()
+
+
+def load_open_clip_weights(module: Any, weights: Path, drop: Sequence[str] = ()) -> None:
+    """Read an open_clip state_dict with the core's safe reader ('module.' stripped, the keys in
+    `drop` left out) and load it strictly (key diff on mismatch); a 1-element logit_scale fits a
+    scalar one, as open_clip's load_checkpoint allows."""
+    from xbench_core.checkpoints import load_checkpoint, load_state_dict_strict
+
+    state_dict = load_checkpoint(weights, strip_prefixes=("module.",), drop=drop)
+    scale = state_dict.get("logit_scale")
+    if scale is not None and scale.ndim != module.logit_scale.ndim and scale.numel() == 1:
+        state_dict["logit_scale"] = scale.reshape(module.logit_scale.shape)
+    load_state_dict_strict(module, state_dict, source=str(weights))

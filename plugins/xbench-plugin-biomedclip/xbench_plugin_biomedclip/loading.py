@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xbench_blocks.prompts import quiet_open_clip, strip_open_clip_schema
+from xbench_blocks.prompts import create_open_clip, open_clip_weights_in, strip_open_clip_schema
 
 from xbench_core import AssetError, CheckpointError
 from xbench_core.assets import resolve_asset
-from xbench_core.checkpoints import load_checkpoint, load_state_dict_strict
 
 ENV = "XBENCH_BIOMEDCLIP_CHECKPOINT"
 TEXT_ENV = "XBENCH_BIOMEDCLIP_TEXT_ENCODER"
@@ -40,11 +39,9 @@ WEIGHT_FILES = (
     "open_clip_pytorch_model.safetensors",
     "open_clip_pytorch_model.pth",
 )
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # Registered as a buffer by transformers < 4.31 and saved in the released .bin; open_clip's
 # load_checkpoint deletes it when the installed BertModel has no such key (factory.py).
 POSITION_IDS = "text.transformer.embeddings.position_ids"
-RANDOM_SEED = 0
 
 # The released open_clip_config.json (Hub repository above), embedded so that `random` needs no file.
 OPEN_CLIP_CONFIG: dict[str, Any] = {
@@ -101,21 +98,6 @@ class TextSource:
     config: Path | None = None
 
 
-def _weights_in_folder(folder: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    found = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
-    if len(found) == 1:
-        return found[0]
-    listing = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-    raise CheckpointError(
-        f"BiomedCLIP checkpoint folder {folder} holds no single weights file (looked for "
-        f"{', '.join(WEIGHT_FILES)}); it holds {listing}. Pass the weights file itself with "
-        "--set biomedclip.checkpoint=FILE."
-    )
-
-
 def resolve_checkpoint(checkpoint: str | None) -> CheckpointSource:
     """Find the weights: 'random', a file, a folder, a Hub id, the env variable, cache or download."""
     if checkpoint is not None and checkpoint.strip().lower() == "random":
@@ -124,7 +106,10 @@ def resolve_checkpoint(checkpoint: str | None) -> CheckpointSource:
     user_value = given or os.environ.get(ENV) or None
     if user_value and Path(user_value).expanduser().is_dir():
         folder = Path(user_value).expanduser().resolve()
-        return CheckpointSource(_weights_in_folder(folder), folder)
+        return CheckpointSource(
+            open_clip_weights_in(folder, WEIGHT_FILES, "BiomedCLIP", "biomedclip.checkpoint"),
+            folder,
+        )
     hub_repo = HUB_REPO
     if user_value and not Path(user_value).expanduser().exists():
         hub_repo = user_value  # a Hub id (resolve_asset rejects a missing path with a clear error)
@@ -229,8 +214,6 @@ def write_text_folder(target: Path, text: TextSource) -> Path:
 
 def build(source: CheckpointSource, text: TextSource) -> tuple[Any, Any, dict[str, Any]]:
     """(open_clip CustomTextCLIP with seeded random weights, its HF tokenizer, the config used)."""
-    import open_clip
-    import torch
     from open_clip.tokenizer import HFTokenizer
 
     config = read_open_clip_config(source)
@@ -242,32 +225,15 @@ def build(source: CheckpointSource, text: TextSource) -> tuple[Any, Any, dict[st
         model_dir = Path(tmp) / "open_clip"
         model_dir.mkdir()
         (model_dir / CONFIG_FILE).write_text(json.dumps(config))
-        with torch.random.fork_rng(devices=[]), quiet_open_clip():
-            torch.manual_seed(RANDOM_SEED)
-            try:
-                module = open_clip.create_model(
-                    f"local-dir:{model_dir}",
-                    load_weights=False,
-                    pretrained_image=False,
-                    pretrained_text=False,
-                    device="cpu",
-                )
-            except (ValueError, RuntimeError, OSError, KeyError) as error:
-                raise CheckpointError(
-                    f"open_clip could not build BiomedCLIP from its config ({error}); check "
-                    f"{CONFIG_FILE} of the checkpoint folder and the text_encoder folder."
-                ) from error
+        hint = f"Check {CONFIG_FILE} of the checkpoint folder and the text_encoder folder."
+        module = create_open_clip(f"local-dir:{model_dir}", "CustomTextCLIP", "BiomedCLIP", hint)
         tokenizer = HFTokenizer(
             str(text_folder),
             context_length=text_cfg.get("context_length", 256),
             **text_cfg.get("tokenizer_kwargs", {}),
         )
         _check_vocabulary(tokenizer, text_folder)
-    if not isinstance(module, open_clip.CustomTextCLIP):
-        raise CheckpointError(
-            f"the config describes a {type(module).__name__}, not BiomedCLIP's CustomTextCLIP"
-        )
-    return module.eval(), tokenizer, config
+    return module, tokenizer, config
 
 
 def _check_vocabulary(tokenizer: Any, folder: Path) -> None:
@@ -285,14 +251,3 @@ def _check_vocabulary(tokenizer: Any, folder: Path) -> None:
             f"the tokenizer built from {folder} has {inner.vocab_size} tokens, {vocab_file} "
             f"{len(vocab)}; the vocabulary did not load. Check the text_encoder files."
         )
-
-
-def load_weights(module: Any, weights: Path) -> None:
-    """Read the released state_dict safely, drop the stale position_ids buffer, load strictly."""
-    state_dict = load_checkpoint(weights, strip_prefixes=("module.",))
-    if POSITION_IDS in state_dict and POSITION_IDS not in module.state_dict():
-        del state_dict[POSITION_IDS]
-    scale = state_dict.get("logit_scale")
-    if scale is not None and scale.ndim != module.logit_scale.ndim and scale.numel() == 1:
-        state_dict["logit_scale"] = scale.reshape(module.logit_scale.shape)
-    load_state_dict_strict(module, state_dict, source=str(weights))

@@ -17,11 +17,11 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from xbench_blocks.prompts import PromptPairMixin
+from xbench_blocks.prompts import PromptPairMixin, load_open_clip_weights
 
 from xbench_core import ConfigError, FeatureLayer, Model
 
-from .loading import build, load_weights, resolve_checkpoint, resolve_text
+from .loading import POSITION_IDS, build, resolve_checkpoint, resolve_text
 
 
 def _tokens_to_grid(output: Any, grid: tuple[int, int], prefix: int) -> Any:
@@ -48,7 +48,9 @@ class BiomedCLIP(PromptPairMixin, Model):
         text = resolve_text(text_encoder, source)
         module, tokenizer, config = build(source, text)
         if source.weights is not None:
-            load_weights(module, source.weights)
+            # a stale buffer of transformers < 4.31 in the released file (open_clip drops it too)
+            stale = () if POSITION_IDS in module.state_dict() else (POSITION_IDS,)
+            load_open_clip_weights(module, source.weights, drop=stale)
         self.module = module
         self.tokenizer = tokenizer
         self.random_weights = source.weights is None

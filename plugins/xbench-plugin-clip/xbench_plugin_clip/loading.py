@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xbench_blocks.prompts import quiet_open_clip, strip_open_clip_schema
+from xbench_blocks.prompts import create_open_clip, open_clip_weights_in, strip_open_clip_schema
 
-from xbench_core import AssetError, CheckpointError, ConfigError
+from xbench_core import AssetError, ConfigError
 from xbench_core.assets import resolve_asset
-from xbench_core.checkpoints import load_checkpoint, load_state_dict_strict
 
 ENV = "XBENCH_CLIP_CHECKPOINT"
 VARIANTS = ("ViT-B-16", "RN50")
@@ -38,11 +37,9 @@ WEIGHT_FILES = (
     "model.safetensors",
     "pytorch_model.bin",
 )
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # Non-tensor entries of OpenAI's JIT archives that are not part of the module.
 JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 CONFIG_FILE = "open_clip_config.json"
-RANDOM_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -51,21 +48,6 @@ class CheckpointSource:
 
     weights: Path | None
     config_folder: Path | None = None
-
-
-def _weights_in_folder(folder: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    found = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
-    if len(found) == 1:
-        return found[0]
-    listing = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-    raise CheckpointError(
-        f"CLIP checkpoint folder {folder} holds no single open_clip weights file (looked for "
-        f"{', '.join(WEIGHT_FILES)} or one *.safetensors/*.bin/*.pt file); it holds {listing}. "
-        "Pass the weights file itself with --set clip.checkpoint=FILE."
-    )
 
 
 def resolve_checkpoint(checkpoint: str | None, variant: str) -> CheckpointSource:
@@ -77,7 +59,9 @@ def resolve_checkpoint(checkpoint: str | None, variant: str) -> CheckpointSource
     if user_value and Path(user_value).expanduser().is_dir():
         folder = Path(user_value).expanduser().resolve()
         config = folder if (folder / CONFIG_FILE).is_file() else None
-        return CheckpointSource(_weights_in_folder(folder), config)
+        return CheckpointSource(
+            open_clip_weights_in(folder, WEIGHT_FILES, "CLIP", "clip.checkpoint"), config
+        )
     errors: list[AssetError] = []
     # open_clip prefers the safetensors copy of a Hub repository and falls back to the pickle.
     for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
@@ -106,42 +90,10 @@ def build_architecture(variant: str, config_folder: Path | None) -> Any:
     of the variant. QuickGELU is forced on either way: the OpenAI weights were trained with it and a
     plain-GELU model runs without error but computes wrong features.
     """
-    import open_clip
-    import torch
-
     if variant not in VARIANTS:
         raise ConfigError(f"clip.variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
     name = f"local-dir:{config_folder}" if config_folder is not None else variant
-    with torch.random.fork_rng(devices=[]), quiet_open_clip():
-        torch.manual_seed(RANDOM_SEED)
-        try:
-            model = open_clip.create_model(
-                name,
-                pretrained=None,
-                load_weights=False,
-                force_quick_gelu=True,
-                pretrained_image=False,
-                pretrained_text=False,
-                device="cpu",
-            )
-        except (ValueError, RuntimeError, FileNotFoundError, KeyError) as error:
-            raise CheckpointError(
-                f"open_clip could not build the CLIP model from {name}: {error}. If this is a "
-                f"folder, check its {CONFIG_FILE}."
-            ) from error
-    if not isinstance(model, open_clip.CLIP):
-        raise CheckpointError(
-            f"{name} describes a {type(model).__name__}, not an OpenAI-style CLIP; use the "
-            "plugin of that model instead."
-        )
-    return model.eval()
-
-
-def load_weights(module: Any, weights: Path) -> None:
-    """Read an open_clip/OpenAI state_dict safely and load it strictly (key diff on mismatch)."""
-    state_dict = load_checkpoint(weights, strip_prefixes=("module.",), drop=JIT_EXTRAS)
-    # open_clip's load_checkpoint accepts a 1-element logit_scale for a scalar one; so do we.
-    scale = state_dict.get("logit_scale")
-    if scale is not None and scale.ndim != module.logit_scale.ndim and scale.numel() == 1:
-        state_dict["logit_scale"] = scale.reshape(module.logit_scale.shape)
-    load_state_dict_strict(module, state_dict, source=str(weights))
+    hint = f"If this is a folder, check its {CONFIG_FILE}; another model needs its own plugin."
+    return create_open_clip(
+        name, "CLIP", "an OpenAI-style CLIP", hint, pretrained=None, force_quick_gelu=True
+    )

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from xbench_blocks.prompts import PromptPairMixin
+from xbench_blocks.prompts import PromptPairMixin, load_open_clip_weights
 
 from xbench_core import AssetError, ConfigError, DataError, FeatureLayer, Model
 
-from .loading import build_architecture, load_weights, resolve_checkpoint
+from .loading import JIT_EXTRAS, build_architecture, resolve_checkpoint
 
 # OpenAI CLIP normalization (openai/CLIP clip/clip.py `_transform`; open_clip OPENAI_DATASET_MEAN/STD).
 MEAN = np.array((0.48145466, 0.4578275, 0.40821073), np.float32).reshape(3, 1, 1)
@@ -64,7 +64,7 @@ class OpenAICLIP(PromptPairMixin, Model):
         source = resolve_checkpoint(checkpoint, variant)
         module = build_architecture(variant, source.config_folder)
         if source.weights is not None:
-            load_weights(module, source.weights)
+            load_open_clip_weights(module, source.weights, drop=JIT_EXTRAS)
         self.module = module
         self.random_weights = source.weights is None
         self.checkpoint = source.weights
