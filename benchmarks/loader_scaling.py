@@ -5,46 +5,87 @@ Two workloads over synthetic DICOMs, each run with workers = 0, 1, ..., --max-wo
   decoded by pydicom in Python; grounding capped at an eval size of 512), so decoding dominates;
 - forward-bound: CLIP ViT-B/16 at random weights (when installed) on 1024x1024 DICOMs.
 
-The baseline, side by side: the same runs with workers and torch's intra-op pool shrunk to cores
-minus workers, what runs did before issue 22. Every configuration runs --repeats times,
-round-robin (so a change in the machine's load hits every configuration alike), after one warm-up
-run per workload (imports, file system cache); the median time counts. The decode share is the
-serial decode time of the images over the 0-worker run.
+Two processes run them, side by side: one as runs do now, one with glibc's allocator left at its
+defaults (`reuse_freed_memory` off), which also runs every worker count with torch's intra-op pool
+shrunk to cores minus workers: that process is the runner before issue 22. Every configuration runs
+--repeats times, round-robin over both processes (so a change in the machine's load hits every
+configuration alike), after one warm-up run per workload and process (imports, file system cache);
+the median time counts. The decode share is the serial decode time of the images over the 0-worker
+run.
 
-Last lines: `before (...)`, then `loader_best_vs_0: decode-bound <x> (w workers), forward-bound <y>
-(w workers)`: the images/s of the best worker count >= 1 over 0 workers for each workload.
+Last lines: `before issue 22 (...)`, `default allocator (...)`, then `loader_best_vs_0: decode-bound
+<x> (w workers), forward-bound <y> (w workers)`: the images/s of the best worker count >= 1 over 0
+workers in the same process, for each workload.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 from synthetic import best_model, install_plugin, timed_run, write_dicoms
 
 from xbench_core import get_registry
 from xbench_core.io import read_image
 
+VARIANTS = ("now", "default allocator")
+
 
 def run_time(registry, root: Path, model: dict, workers: int, batch: int, out: Path, cap: int | None,
              shrink: bool = False) -> float:
     """One run's seconds; `shrink`: torch's pool shrunk to cores minus workers, as runs did before
-    issue 22 (the baseline)."""
+    issue 22."""
+    import torch
+
+    threads = torch.get_num_threads()
     if shrink:
-        threads = torch.get_num_threads()
         torch.set_num_threads(max(1, min(threads, len(os.sched_getaffinity(0)) - workers)))
-        try:
-            return run_time(registry, root, model, workers, batch, out, cap)
-        finally:
-            torch.set_num_threads(threads)
     grounding = {"grounding": {"eval_size": cap}} if cap else {}
-    return timed_run(registry, root, [model], out, batch_size=batch, workers=workers, **grounding)[0]
+    try:
+        return timed_run(registry, root, [model], out, batch_size=batch, workers=workers, **grounding)[0]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def serve(variant: str, plugin: Path) -> None:
+    """A measuring process: runs the JSON requests of its standard input, answers seconds."""
+    if variant == "default allocator":
+        from xbench_core.engine import runner
+
+        runner.reuse_freed_memory = lambda: False
+    install_plugin(plugin)
+    registry = get_registry(refresh=True)
+    for line in sys.stdin:
+        r = json.loads(line)
+        seconds = run_time(registry, Path(r["root"]), r["model"], r["workers"], r["batch"], Path(r["out"]),
+                           r["cap"], r["shrink"])
+        print(seconds, flush=True)
+
+
+class Server:
+    def __init__(self, variant: str, plugin: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", variant, str(plugin)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def time(self, **request) -> float:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("a measuring process failed (its error is above)")
+        return float(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def compress(root: Path) -> Path:
@@ -62,27 +103,34 @@ def compress(root: Path) -> Path:
     return root
 
 
-def workload(label: str, registry, root: Path, model: dict, args, tmp: Path, cap: int | None) -> dict:
+def workload(label: str, servers: dict, root: Path, model: dict, args, tmp: Path, cap: int | None) -> dict:
     n = len(list(root.glob("*.dcm")))
-    run_time(registry, root, model, 0, args.batch, tmp / "warm-up", cap)  # imports, file system cache
+    request = {"root": str(root), "model": model, "batch": args.batch, "cap": cap}
+    for v, server in servers.items():  # imports, file system cache
+        server.time(**request, workers=0, shrink=False, out=str(tmp / f"warm-up-{v}"))
     start = time.perf_counter()
     for f in sorted(root.glob("*.dcm")):
         read_image(f)
     decode = time.perf_counter() - start
     counts = list(range(args.max_workers + 1))
-    configs = [(w, False) for w in counts] + [(w, True) for w in counts[1:]]
-    times: dict[tuple[int, bool], list[float]] = {c: [] for c in configs}
+    configs = [(v, w, False) for v in VARIANTS for w in counts] + [(VARIANTS[1], w, True) for w in counts[1:]]
+    times: dict[tuple, list[float]] = {c: [] for c in configs}
     for _ in range(args.repeats):
-        for w, shrink in configs:
-            times[(w, shrink)].append(run_time(registry, root, model, w, args.batch, tmp / f"run{w}", cap, shrink))
+        for v, w, shrink in configs:
+            out = str(tmp / f"run-{VARIANTS.index(v)}-{w}")
+            times[(v, w, shrink)].append(servers[v].time(**request, workers=w, shrink=shrink, out=out))
     median = {c: statistics.median(t) for c, t in times.items()}
-    for w, shrink in configs:
-        share = f", decode share {decode / median[(0, False)]:.0%}" if w == 0 else ""
-        spread = ", ".join(f"{t:.2f}" for t in times[(w, shrink)])
-        pool = " (pool shrunk, before)" if shrink else ""
-        print(f"{label} workers={w}{pool}: {n / median[(w, shrink)]:.2f} img/s (median of {spread} s){share}")
-    best = {s: min(counts[1:], key=lambda w: median[(w, s)]) for s in (False, True)}
-    return {s: (median[(0, False)] / median[(best[s], s)], best[s]) for s in (False, True)}
+    for v, w, shrink in configs:
+        share = f", decode share {decode / median[(v, 0, False)]:.0%}" if w == 0 else ""
+        spread = ", ".join(f"{t:.2f}" for t in times[(v, w, shrink)])
+        pool = ", pool shrunk: before issue 22" if shrink else ""
+        print(f"{label} [{v}{pool}] workers={w}: {n / median[(v, w, shrink)]:.2f} img/s (median of {spread} s){share}")
+
+    def best(v: str, shrink: bool) -> tuple[float, int]:
+        w = min(counts[1:], key=lambda w: median[(v, w, shrink)])
+        return median[(v, 0, False)] / median[(v, w, shrink)], w
+
+    return {"now": best("now", False), "default": best(VARIANTS[1], False), "before": best(VARIANTS[1], True)}
 
 
 def main() -> None:
@@ -93,30 +141,41 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--only", choices=("decode", "forward"), help="run one workload")
+    ap.add_argument("--serve", nargs=2, metavar=("VARIANT", "PLUGIN"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve:
+        return serve(args.serve[0], Path(args.serve[1]))
     tmp = Path(tempfile.mkdtemp(prefix="xbench-bench-"))
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    servers = {}
     try:
         install_plugin(tmp / "plugin")
         registry = get_registry(refresh=True)
+        servers = {v: Server(v, tmp / "plugin") for v in VARIANTS}
         print(f"cores {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}, "
               f"load average at start {load}, {args.repeats} repeats, batch {args.batch}")
         result = {}
         if args.only != "forward":
             root = compress(write_dicoms(tmp / "large", args.images, size=args.decode_size))
             label = f"decode-bound (center, {args.decode_size}^2 RLE, eval 512)"
-            result["decode-bound"] = workload(label, registry, root, {"name": "center"}, args, tmp, 512)
+            result["decode-bound"] = workload(label, servers, root, {"name": "center"}, args, tmp, 512)
         if args.only != "decode":
             root = write_dicoms(tmp / "small", args.images)
             name, options = best_model(registry)
-            result["forward-bound"] = workload(f"forward-bound ({name}, 1024^2)", registry, root,
+            result["forward-bound"] = workload(f"forward-bound ({name}, 1024^2)", servers, root,
                                                {"name": name, **options}, args, tmp, None)
         if load is not None:
             print(f"load average at end {os.getloadavg()}")
-        before = ", ".join(f"{k} {r[True][0]:.2f} ({r[True][1]} workers)" for k, r in result.items())
-        print(f"before (torch's pool shrunk by the workers): {before}")
-        print("loader_best_vs_0: " + ", ".join(f"{k} {r[False][0]:.2f} ({r[False][1]} workers)" for k, r in result.items()))
+
+        def line(key: str) -> str:
+            return ", ".join(f"{k} {r[key][0]:.2f} ({r[key][1]} workers)" for k, r in result.items())
+
+        print(f"before issue 22 (default allocator, torch's pool shrunk by the workers): {line('before')}")
+        print(f"default allocator (reuse_freed_memory off): {line('default')}")
+        print(f"loader_best_vs_0: {line('now')}")
     finally:
+        for server in servers.values():
+            server.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

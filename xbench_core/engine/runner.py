@@ -28,7 +28,7 @@ from ..schema import Record, make_record
 from ..store import RunStore
 from . import calls
 from .config import RunConfig
-from .device import resolve_device
+from .device import resolve_device, reuse_freed_memory
 from .phrases import Columns, batch_queries, column_names, sample_phrases
 from .plan import DatasetPlan, plan_dataset
 from .problems import summarize_problems
@@ -195,7 +195,9 @@ class Runner:
         # against the loader workers). Torch's pool keeps its size: loader workers run one torch
         # thread each (DataLoader's default) and decode mostly outside torch; shrinking the pool by
         # the number of workers halved a forward-bound run on the CPU (issue 22, measured with
-        # benchmarks/loader_scaling.py on a decode-bound and a forward-bound run).
+        # benchmarks/loader_scaling.py on a decode-bound and a forward-bound run). Freed activations
+        # stay in the heap for the next batch (reuse_freed_memory; same benchmark).
+        reuse_freed_memory()
         with single_threaded_blas():
             return self._run()
 
