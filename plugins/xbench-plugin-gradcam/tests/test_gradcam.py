@@ -323,3 +323,36 @@ def test_finercam_against_its_definition() -> None:
         assert (want.amax(dim=(1, 2)) == 1).all()
         assert torch.allclose(pair[:, f], want, atol=1e-5), f
         assert not torch.allclose(want, minmax(naive(model, pixels, f, "gradcam")[:, None])[:, 0])
+
+
+def test_one_instance_serves_models_alternately_and_reentrantly() -> None:
+    """Calls share no state: one Finer-CAM instance (its maps depend on how many findings are
+    queried) explains a 3-finding CNN and a 1-finding token model alternately, and once with the
+    second call made from inside the first one's forward pass (as a second thread would), each
+    equal to a fresh instance's maps."""
+    from xbench_plugin_gradcam.methods import CAMExplainer
+
+    def inputs(model: Toy, findings: list[str]) -> tuple[Any, ...]:
+        pixels = batch(model)
+        with torch.inference_mode():
+            queries = model.encode_queries(findings)
+            return model, pixels, queries, model.forward(pixels, queries)
+
+    cnn = Toy(k=16)
+    a, b = inputs(cnn, FINDINGS), inputs(Toy(tokens=True), FINDINGS[:1])
+    want_a = CAMExplainer("FinerCAM", True, alpha=0.5).explain(*a)
+    want_b = CAMExplainer("FinerCAM", True, alpha=0.5).explain(*b)
+    shared = CAMExplainer("FinerCAM", True, alpha=0.5)
+    for args, want in ((a, want_a), (b, want_b), (a, want_a), (b, want_b)):
+        assert torch.equal(shared.explain(*args), want)
+    nested: list[Any] = []
+    logits = cnn.logits
+
+    def logits_calling_the_other(pixels: Any, queries: Any) -> Any:
+        if not nested:
+            nested.append(shared.explain(*b))
+        return logits(pixels, queries)
+
+    cnn.logits = logits_calling_the_other  # type: ignore[method-assign]
+    assert torch.equal(shared.explain(*a), want_a)
+    assert nested and torch.equal(nested[0], want_b)

@@ -19,6 +19,8 @@ Hygiene, as for our own Grad-CAM: eval mode is required (not switched), the mode
 frozen for the call and restored (the package calls `loss.backward()`, which would otherwise fill
 every parameter's `.grad`), the pixels get `requires_grad` so that the graph exists with frozen
 parameters, hooks are released in `finally`, and the package's progress bars are kept off stderr.
+An instance holds only its configuration: each call builds its own package object, hooks and
+finding count, so one instance serves any number of models, in turn or nested.
 """
 
 from __future__ import annotations
@@ -122,7 +124,6 @@ class CAMExplainer(Explainer):
     requires = frozenset({"logits", "feature_layer"})
     per_image = False  # perturbation methods: one image at a time bounds their memory
     class_agnostic = False  # EigenCAM, KPCA-CAM: one map per image, shared by every finding
-    findings = 0  # queried findings of the batch being explained
 
     def __init__(self, method: str, needs_grad: bool, **options: Any) -> None:
         self.method = method
@@ -153,12 +154,13 @@ class CAMExplainer(Explainer):
             cam.batch_size = self.options["batch"]
         return cam
 
-    def _one(self, cam: Any, x: Any, finding: int) -> np.ndarray:
+    def _one(self, cam: Any, x: Any, finding: int, n: int) -> np.ndarray:
+        """The maps of one finding (of the `n` queried) for the images `x`."""
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         targets = [ClassifierOutputTarget(finding)] * x.shape[0]
         if self.method == "FinerCAM":
-            if self.findings < 2:  # nothing to compare with: Finer-CAM is Grad-CAM of the logit
+            if n < 2:  # nothing to compare with: Finer-CAM is Grad-CAM of the logit
                 return cam.base_cam(x, targets=targets)
             return cam(x, targets=None, alpha=self.options["alpha"], target_idx=finding)
         return cam(x, targets=targets)
@@ -171,7 +173,7 @@ class CAMExplainer(Explainer):
                 "the model is in training mode; CAM explainers need eval mode (BatchNorm and "
                 "dropout would mix the images of a batch): call model.module.eval() first"
             )
-        n = self.findings = int(output.scores.shape[1])
+        n = int(output.scores.shape[1])
         layer = model.feature_layer()
         module = _Logits(model, queries)
         grad = torch.inference_mode(False) if self.needs_grad else contextlib.nullcontext()
@@ -199,11 +201,11 @@ class CAMExplainer(Explainer):
 
     def _chunk(self, cam: Any, x: Any, n: int) -> np.ndarray:
         if self.class_agnostic:
-            one = self._one(cam, x, 0) if n else None
+            one = self._one(cam, x, 0, n) if n else None
             return np.stack([one] * n, axis=1) if n else np.zeros((len(x), 0, 1, 1), np.float32)
         if not n:
             return np.zeros((len(x), 0, 1, 1), np.float32)
-        return np.stack([self._one(cam, x, f) for f in range(n)], axis=1).astype(np.float32)
+        return np.stack([self._one(cam, x, f, n) for f in range(n)], axis=1).astype(np.float32)
 
 
 def _raw_output(model: Model, layer: Any, x: Any, queries: Any) -> Any:
