@@ -53,14 +53,25 @@ def placeholder_aspects() -> dict[str, list[str]]:
     }
 
 
-def _load_json(path: Path, what: str, option: str) -> object:
+def _load_entities(path: Path, what: str, noun: str, official: str) -> dict:
+    """The JSON object of a MAVL file (`what`: descriptions or aspects, also its option), which
+    must have an entry (its `noun`) for every entity; else a DataError naming `official`."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(
             f"cannot read the MAVL {what} {path}: {error}. Pass the official file with "
-            f"--set mavl.{option}=PATH."
+            f"--set mavl.{what}=PATH."
         ) from error
+    if not isinstance(raw, dict):
+        raise DataError(f"{path} is not a MAVL {what} file: expected a JSON object.")
+    missing = [name for name in ENTITIES if name not in raw]
+    if missing:
+        raise DataError(
+            f"{path} has no {noun} for {len(missing)} MAVL entities: {', '.join(missing[:10])}"
+            f"{' ...' if len(missing) > 10 else ''}. Pass MAVL's {official}."
+        )
+    return raw
 
 
 def read_descriptions(path: str | Path) -> dict[str, str]:
@@ -68,16 +79,8 @@ def read_descriptions(path: str | Path) -> dict[str, str]:
     order, plus covid19 when present. Entries are looked up by name, as the official code does;
     other entries are not used."""
     path = Path(path)
-    raw = _load_json(path, "descriptions", "descriptions")
-    if not isinstance(raw, dict):
-        raise DataError(f"{path} is not a MAVL descriptions file: expected a JSON object.")
-    missing = [name for name in ENTITIES if name not in raw]
-    if missing:
-        raise DataError(
-            f"{path} has no description for {len(missing)} MAVL entities: {', '.join(missing[:10])}"
-            f"{' ...' if len(missing) > 10 else ''}. Pass MAVL's 'observation explanation.json' "
-            "(Zero-shot_grounding/)."
-        )
+    official = "'observation explanation.json' (Zero-shot_grounding/)"
+    raw = _load_entities(path, "descriptions", "description", official)
     out = {}
     for name in _NAMES:
         if name in raw:
@@ -92,15 +95,7 @@ def read_aspects(path: str | Path) -> dict[str, list[str]]:
     """Parse gpt4_mimic.json: entity -> its 8 aspect texts in the order border, fluid, location,
     opacity, other, patterns, shape, texture (each text starts with its aspect's name)."""
     path = Path(path)
-    raw = _load_json(path, "aspects", "aspects")
-    if not isinstance(raw, dict):
-        raise DataError(f"{path} is not a MAVL aspects file: expected a JSON object.")
-    missing = [name for name in ENTITIES if name not in raw]
-    if missing:
-        raise DataError(
-            f"{path} has no aspects for {len(missing)} MAVL entities: {', '.join(missing[:10])}"
-            f"{' ...' if len(missing) > 10 else ''}. Pass MAVL's Pretrain/concept_gen/gpt4_mimic.json."
-        )
+    raw = _load_entities(path, "aspects", "aspects", "Pretrain/concept_gen/gpt4_mimic.json")
     out = {}
     for name in _NAMES:
         if name not in raw:
