@@ -430,7 +430,9 @@ class Runner:
             stats = evaluate_batch(maps[bs, js], [items[b]["geometry"][m.name] for b, _, _ in grounded],
                                    [items[b]["eval_size"] for b, _, _ in grounded],
                                    [items[b]["masks"][f] for b, _, f in grounded])
-            for (b, j, f), st in zip(grounded, stats):
+            # another protocol's values are computed on the host: one copy of the batch's maps
+            host = maps[bs, js].detach().float().cpu().numpy() if self.cfg.protocol.name != "xbench" else None
+            for k, ((b, j, f), st) in enumerate(zip(grounded, stats)):
                 it, row = items[b], item_rows[b][f]
                 if st["region_px"] == 0:
                     row["error"] = "region is empty at the eval frame (raise grounding.eval_size)"
@@ -438,9 +440,9 @@ class Runner:
                     row["stats"] = st
                     if faith is not None:
                         row["faithfulness"] = faith.get((b, f)) if isinstance(faith, dict) else {"error": faith}
-                    if self.cfg.protocol.name != "xbench":
+                    if host is not None:
                         st["extra"].update(protocol_values(
-                            self.cfg.protocol, maps[b, j], it["geometry"][m.name], it["masks"][f], row["score"], f))
+                            self.cfg.protocol, host[k], it["geometry"][m.name], it["masks"][f], row["score"], f))
         for it, rows in zip(items, item_rows):
             for f, row in rows.items():
                 records.append(make_record(dataset, split, it["id"], m.name, explainer, f, len(rows), **row))
