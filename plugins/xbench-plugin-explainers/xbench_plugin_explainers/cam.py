@@ -171,18 +171,14 @@ class GradCAM(Explainer):
 
     requires = frozenset({"logits", "feature_layer"})
     needs_grad = True
+    weights = staticmethod(gradcam_weights)
 
     def explain(self, model: Model, pixels: Any, queries: Any, output: ModelOutput) -> Any:
         """Maps [B, F, gh, gw] on the model's feature grid (input frame)."""
-        return cam_maps(model, pixels, queries, gradcam_weights)
+        return cam_maps(model, pixels, queries, self.weights)
 
 
-class GradCAMPlusPlus(Explainer):
+class GradCAMPlusPlus(GradCAM):
     """Grad-CAM++: ReLU(sum_k w_k A_k) with w_k = sum_ij alpha_ij^k ReLU(d logit_f / dA_ij^k)."""
 
-    requires = frozenset({"logits", "feature_layer"})
-    needs_grad = True
-
-    def explain(self, model: Model, pixels: Any, queries: Any, output: ModelOutput) -> Any:
-        """Maps [B, F, gh, gw] on the model's feature grid (input frame)."""
-        return cam_maps(model, pixels, queries, gradcampp_weights)
+    weights = staticmethod(gradcampp_weights)
