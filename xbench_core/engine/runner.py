@@ -209,7 +209,6 @@ class Runner:
             dataset.name = comp.name
             findings = {m.name: [f for f in dataset.findings if m.model.supports(f)] for m in models}
             unsupported = {m.name: [f for f in dataset.findings if not m.model.supports(f)] for m in models}
-            queries = {m.name: calls.encode_queries(m.model, findings[m.name]) for m in models}
             plan = self.plan(dataset, comp.options.get("split"), models)
             todo = plan.todo(self.store.completed(), self.rank, self.world)
             # a dataset listed with two splits is reported (and its problems written) per split
@@ -223,7 +222,7 @@ class Runner:
             }
             if not todo:
                 continue
-            self._run_dataset(dataset, models, findings, queries, todo, comp)
+            self._run_dataset(dataset, models, findings, todo, comp)
         self.store.close()
         return self.info
 
@@ -253,11 +252,14 @@ class Runner:
         dataset: Any,
         models: list[ModelRun],
         findings: dict[str, list[str]],
-        queries: dict[str, Any],
         todo: list[int],
         comp: Any,
     ) -> None:
         from tqdm import tqdm
+
+        # loader workers start on the first batches while the models encode their queries
+        batches = iter(self._loader(dataset, models, todo, comp))
+        queries = {m.name: calls.encode_queries(m.model, findings[m.name]) for m in models}
 
         where = (dataset.name, comp.options.get("split"))
         bar = tqdm(
@@ -268,7 +270,7 @@ class Runner:
             dynamic_ncols=True,
         )
         try:
-            for batch in self._loader(dataset, models, todo, comp):
+            for batch in batches:
                 batch = unpack_masks(batch)
                 for m in models:
                     self._model_batch(where, m, findings[m.name], queries[m.name], batch)
