@@ -30,19 +30,14 @@ from typing import Any
 from xbench_core import AssetError
 from xbench_core.assets import resolve_asset, xbench_home
 
+from .text import BERT_BASE
+
 DEFAULT_TEXT_ENCODER = "emilyalsentzer/Bio_ClinicalBERT"
 MAX_LENGTH = 64  # the test scripts' get_tokenizer (pretraining used 128)
 
 # The shape of Bio_ClinicalBERT's config.json (BERT-base with the cased BioBERT vocabulary),
 # used for the generated random text tower of `checkpoint: random`.
-BIO_CLINICALBERT_SHAPE: dict[str, Any] = {
-    "vocab_size": 28996,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 512,
-}
+BIO_CLINICALBERT_SHAPE: dict[str, Any] = {"vocab_size": 28996, **BERT_BASE}
 RANDOM_SEED = 0
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Bumped when anything that changes the embeddings for the same encoder and texts changes.

@@ -43,6 +43,7 @@ from xbench_core.assets import resolve_asset
 
 from .fusion import PreNormDecoder
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from .text import BERT_BASE
 
 # Canonical finding id -> KAD's query phrase. KAD's official test scripts use these lists
 # (`test_chestxray14.py`, `test_chexpert.py`, `test_padchest.py`):
@@ -97,14 +98,7 @@ DISEASE_PHRASES: dict[str, str] = {
 MAX_LENGTH = 256  # --max_length of the official test scripts
 DEFAULT_TEXT_ENCODER = "xmcmic/Med-KEBERT"
 # Med-KEBERT's shape (BERT-base, uncased, 30522 tokens), for checkpoint=random without files.
-MED_KEBERT_SHAPE: dict[str, Any] = dict(
-    vocab_size=30522,
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    intermediate_size=3072,
-    max_position_embeddings=512,
-)
+MED_KEBERT_SHAPE: dict[str, Any] = {"vocab_size": 30522, **BERT_BASE}
 # Buffers that transformers < 4.31 saved with BertModel and today's BertModel does not keep: a
 # checkpoint reader drops them from the text encoder's keys.
 OLD_BERT_BUFFERS = ("bert_model.embeddings.position_ids", "bert_model.embeddings.token_type_ids")

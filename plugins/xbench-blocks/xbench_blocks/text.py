@@ -18,6 +18,15 @@ from typing import Any
 from xbench_core import FINDINGS
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# BERT-base (the `bert-base-*` config.json): the shape of most released text towers, which differ
+# in their vocabularies; `write_bert_folder(folder, vocab_size=N, **BERT_BASE)` is a full-size one.
+BERT_BASE: dict[str, int] = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+}
 _COMMON = (
     "there is no a an the of in on and or with without left right lung lungs chest pleural "
     "effusion opacity opacities seen signs evidence small large findings heart size normal "

@@ -69,13 +69,6 @@ OPEN_CLIP_CONFIG: dict[str, Any] = {
 }
 
 # BiomedBERT (PubMedBERT) base, uncased, abstracts: BERT-base with its own 30522-token vocabulary.
-BERT_SHAPE: dict[str, int] = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 512,
-}
 BERT_VOCAB_SIZE = 30522
 
 
@@ -196,12 +189,12 @@ def _read_vocab(path: Path) -> list[str]:
 
 def write_text_folder(target: Path, text: TextSource) -> Path:
     """A local BERT folder (config.json, vocab.txt, tokenizer config) for open_clip's HF tower."""
-    from xbench_blocks.text import generated_vocabulary, write_bert_folder
+    from xbench_blocks.text import BERT_BASE, generated_vocabulary, write_bert_folder
 
     if text.folder is not None:
         return text.folder
     vocab = _read_vocab(text.vocab) if text.vocab else generated_vocabulary(BERT_VOCAB_SIZE)
-    folder = write_bert_folder(target, vocab=vocab, **BERT_SHAPE)
+    folder = write_bert_folder(target, vocab=vocab, **BERT_BASE)
     config = json.loads((folder / "config.json").read_text())
     if text.config is not None:
         config = json.loads(Path(text.config).read_text(encoding="utf-8"))
