@@ -211,10 +211,12 @@ def _check_kind(path: Path, wanted: _Wanted, origin: str) -> Path:
     if not wanted.folder and path.is_dir():
         if wanted.filename and (path / wanted.filename).is_file():
             return (path / wanted.filename).resolve()
-        expected = f" ({wanted.filename})" if wanted.filename else ""
-        raise AssetError(
-            f"{origin} is {path}, a folder; {wanted.name} is a file{expected}. Pass the file."
-        )
+        if wanted.filename:
+            raise AssetError(
+                f"{origin} is {path}, a folder; {wanted.name} is a file ({wanted.filename}), which "
+                "that folder does not hold. Pass the file, or the folder that holds it."
+            )
+        raise AssetError(f"{origin} is {path}, a folder; {wanted.name} is a file. Pass the file.")
     return path.resolve()
 
 

@@ -215,20 +215,12 @@ class BioViL(Model):
 
     # ---- assets ------------------------------------------------------------------------------
     def _image_weights(self, checkpoint: str | None) -> Path:
+        """The image weights: a file, a folder holding the variant's file, a Hub id, or the variant's
+        repository at its pinned revision (`resolve_asset` does the search and the messages)."""
         v = self.variant
-        given = checkpoint or os.environ.get(IMAGE_ENV) or None
-        if given and Path(given).expanduser().is_dir():
-            path = Path(given).expanduser() / v.image_file
-            if not path.is_file():
-                raise AssetError(
-                    f"biovil.checkpoint is the folder {given}, which has no {v.image_file} (the "
-                    f"{v.name} image weights); pass the file itself or the folder that holds it"
-                )
-            return path
-        revision = v.image_revision if not given else None
         return resolve_asset(
-            f"{v.name} image weights", given, env=IMAGE_ENV, hub_repo=v.image_repo,
-            filename=v.image_file, revision=revision, option="biovil.checkpoint",
+            f"{v.name} image weights", checkpoint, env=IMAGE_ENV, hub_repo=v.image_repo,
+            filename=v.image_file, revision=v.image_revision, option="biovil.checkpoint",
             hint=f"{v.image_file} of the Hugging Face repository {v.image_repo} (MIT licence)",
         )  # fmt: skip
 
@@ -265,15 +257,14 @@ class BioViL(Model):
             if not self.random_weights:
                 found["weights"] = weights[0]
             return found
-        revision = v.text_revision if not given else None
         wanted = ["config.json", "vocab.txt"] + (
             [] if self.random_weights else ["pytorch_model.bin"]
         )
         out: dict[str, Path] = {}
         for name in wanted:
             out["weights" if name.endswith(".bin") else name] = resolve_asset(
-                f"{v.name} text encoder {name}", given, env=TEXT_ENV, hub_repo=v.text_repo,
-                filename=name, revision=revision, option="biovil.text_encoder",
+                f"{v.name} text encoder {name}", text_encoder, env=TEXT_ENV, hub_repo=v.text_repo,
+                filename=name, revision=v.text_revision, option="biovil.text_encoder",
                 hint=f"the files of the Hugging Face repository {v.text_repo}",
             )  # fmt: skip
         return out
