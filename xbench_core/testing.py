@@ -199,6 +199,7 @@ class ModelPluginTests:
     name: str = ""
     findings: tuple[str, ...] = ("pneumonia", "pleural_effusion", "pneumothorax")
     image_size: tuple[int, int] = (300, 260)
+    bf16_map_atol: float | None = None
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -258,6 +259,24 @@ class ModelPluginTests:
         torch.testing.assert_close(whole.scores[:1], first.scores, rtol=1e-4, atol=1e-5)
         for kind in whole.maps:
             torch.testing.assert_close(whole.maps[kind][:1], first.maps[kind], rtol=1e-4, atol=1e-5)
+
+    def test_bf16_autocast(self, model: Model) -> None:
+        """Under bf16 autocast (a run's `precision: bf16` on a GPU; here the CPU's) scores and maps
+        stay float32 and finite, the scores within 0.05 of fp32 (the maps within
+        `bf16_map_atol`, where a plugin sets it)."""
+        import torch
+
+        pixels, _ = self._batch(model, 1)
+        queries = encode_queries(model, self._supported(model))
+        full = forward(model, pixels, queries)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model.forward(pixels, queries)
+        assert half.scores.dtype == torch.float32
+        torch.testing.assert_close(half.scores, full.scores, rtol=0, atol=0.05)
+        for kind, maps in half.maps.items():
+            assert maps.dtype == torch.float32 and torch.isfinite(maps).all(), kind
+            if self.bf16_map_atol is not None:
+                torch.testing.assert_close(maps, full.maps[kind], rtol=0, atol=self.bf16_map_atol)
 
     def test_unsupported_findings_are_not_scored(self, model: Model) -> None:
         assert not model.supports("definitely_not_a_finding")

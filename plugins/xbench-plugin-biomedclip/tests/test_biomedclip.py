@@ -116,6 +116,7 @@ def tiny(tmp_path_factory):
 # ---- conformance -----------------------------------------------------------------------------------
 class TestBiomedCLIP(ModelPluginTests):
     name = "biomedclip"
+    bf16_map_atol = 0.1
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -127,6 +128,7 @@ class TestTinyBiomedCLIP(ModelPluginTests):
     """The same suite on the tiny config with a prompt ensemble (the ensemble path runs through it)."""
 
     name = "biomedclip"
+    bf16_map_atol = 0.1
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -296,19 +298,6 @@ def test_logits_are_differentiable_and_match_scores(tiny):
     with torch.inference_mode():
         scores = model.forward(pixels.detach(), queries).scores
     torch.testing.assert_close(torch.sigmoid(logits.detach()), scores, rtol=1e-5, atol=1e-6)
-
-
-def test_bf16_autocast_forward(tiny):
-    model, _ = tiny
-    pixels = images(model, 2, seed=7)
-    with torch.inference_mode():
-        queries = model.encode_queries(["pneumonia", "edema"])
-        full = model.forward(pixels, queries)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = model.forward(pixels, queries)
-    assert half.scores.dtype == torch.float32 and half.maps["similarity"].dtype == torch.float32
-    torch.testing.assert_close(half.scores, full.scores, rtol=0, atol=0.05)
-    torch.testing.assert_close(half.maps["similarity"], full.maps["similarity"], rtol=0, atol=0.1)
 
 
 # ---- preprocessing -------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def with_weights(model, state_dict):
 # ---- conformance ---------------------------------------------------------------------------------
 class TestCLIPViT(ModelPluginTests):
     name = "clip"
+    bf16_map_atol = 0.1
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -87,6 +88,7 @@ class TestCLIPViT(ModelPluginTests):
 
 class TestCLIPRN50(ModelPluginTests):
     name = "clip"
+    bf16_map_atol = 0.1
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -218,24 +220,6 @@ def test_folder_with_config_and_pickle_with_jit_extras(tmp_path, kind):
         out = loaded.forward(pixels, loaded.encode_queries(["mass", "edema"]))
     assert out.maps["similarity"].shape == (2, 2, 7, 7)
     assert torch.isfinite(out.scores).all()
-
-
-def test_bf16_autocast_forward(tmp_path):
-    from safetensors.torch import save_file
-
-    folder, weights = tiny_folder(tmp_path / "tiny", "vit")
-    save_file(contiguous(weights), str(folder / "open_clip_model.safetensors"))
-    model = build(checkpoint=str(folder))
-    pixels = images(model, 2, seed=7)
-    with torch.inference_mode():
-        queries = model.encode_queries(["pneumonia", "edema"])
-        full = model.forward(pixels, queries)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = model.forward(pixels, queries)
-    assert half.scores.dtype == torch.float32 and half.maps["similarity"].dtype == torch.float32
-    assert torch.isfinite(half.maps["similarity"]).all()
-    torch.testing.assert_close(half.scores, full.scores, rtol=0, atol=0.05)
-    torch.testing.assert_close(half.maps["similarity"], full.maps["similarity"], rtol=0, atol=0.1)
 
 
 def test_corrupted_checkpoint_lists_offending_keys(tmp_path):

@@ -265,17 +265,6 @@ def test_logits_are_differentiable_and_match_scores(small_model):
 
 
 @pytest.mark.slow  # CPU bf16 is emulated and slow; the decoder's autocast path is also tested by KAD
-def test_bf16_autocast_keeps_outputs_sane(small_model):
-    pixels = pixels_224(1)
-    with torch.inference_mode():
-        queries = small_model.encode_queries(["pneumonia"])
-        ref = small_model.forward(pixels, queries)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = small_model.forward(pixels, queries)
-    assert low.scores.dtype == torch.float32 and torch.isfinite(low.maps["cross_attention"]).all()
-    torch.testing.assert_close(low.scores, ref.scores, atol=0.05, rtol=0)
-
-
 def test_checkpoint_keys_documented_in_readme():
     from pathlib import Path
 
