@@ -81,6 +81,9 @@ class Dataset:
         return fit_regions_to_image(sample)
 
     def ids(self) -> list[str]:
+        """The sample ids, in index order; the engine calls it to plan every run. The default builds
+        each annotation: a subclass whose `annotation` touches files (image lookups, headers)
+        overrides it with its parsed ids (the conformance suite checks that ids() opens no file)."""
         return [self.annotation(i).id for i in range(len(self))]
 
 

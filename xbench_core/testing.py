@@ -21,6 +21,8 @@ The suites call plugins exactly as `xbench run` does, through `encode_queries`, 
 
 from __future__ import annotations
 
+import builtins
+import os
 import pickle
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -159,6 +161,20 @@ class DatasetPluginTests:
     @classmethod
     def dataset(cls) -> Dataset:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def test_ids_touch_no_file(self, dataset: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+        """ids() names the samples from the parsed annotations: no image lookup, folder walk or
+        header read (the engine calls it to plan every run). First in the suite, before other
+        tests fill the dataset's lazy caches."""
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"{type(dataset).__name__}.ids() touched the file system: {args[:1]}")
+
+        with monkeypatch.context() as patch:
+            for module, name in ((os, "stat"), (os, "scandir"), (os, "listdir"), (os, "open"), (builtins, "open")):
+                patch.setattr(module, name, refuse)
+            ids = dataset.ids()
+        assert len(ids) == len(dataset)
 
     def test_registered(self) -> None:
         spec = get_registry().datasets[self.name]

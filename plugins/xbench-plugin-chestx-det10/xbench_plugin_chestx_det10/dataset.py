@@ -241,6 +241,10 @@ class ChestXDet10(Dataset):
     def __len__(self) -> int:
         return len(self._ids)
 
+    def ids(self) -> list[str]:
+        """The sample ids without building samples (annotation() looks up image paths, walking the image folders)."""
+        return list(self._ids)
+
     def annotation(self, index: int) -> Sample:
         sid = self._ids[index]
         entry = self._entries[sid]

@@ -493,6 +493,10 @@ class VinDrCXR(Dataset):
     def __len__(self) -> int:
         return len(self._ids)
 
+    def ids(self) -> list[str]:
+        """The sample ids without building samples (annotation() may read DICOM headers for the sizes)."""
+        return list(self._ids)
+
     def _labels(self, entry: _Image) -> tuple[dict[str, int], int]:
         k = 1 if self.readers == "union" else majority_threshold(max(len(entry.readers), 1))
         labels = {f: int(len(entry.marks.get(f, ())) >= k) for f in self._vocabulary}
