@@ -19,9 +19,7 @@ from .tables import (
     Table,
     _lines,
     _plain,
-    dataset_keys,
-    dataset_label,
-    dataset_slug,
+    by_dataset,
     finding_label,
 )
 
@@ -40,20 +38,18 @@ COLUMNS = (
 )
 
 
-def _faithful(rows: list[dict[str, Any]], key: Any) -> list[dict[str, Any]]:
-    return [r for r in rows if (r["dataset"], r.get("split")) == key and r["finding"] == MEAN and r.get("n_faithfulness")]
+def _faithful(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["finding"] == MEAN and r.get("n_faithfulness")]
 
 
 def faithfulness_tables(results: dict[str, Any]) -> list[Table]:
     rows = results.get("rows", [])
     flagged = set(results.get("random_weights", []))
-    keys = dataset_keys(rows)
     out = []
-    for key in keys:
-        means = _faithful(rows, key)
+    for key, label, slug, sub in by_dataset(rows):
+        means = _faithful(sub)
         if not means:
             continue
-        label, slug = dataset_label(key, keys), dataset_slug(key, keys)
         cols = [Column(f, h, rank=better is not None) for f, h, better in COLUMNS if any(r.get(f) is not None for r in means)]
         out.append(Table(
             f"faithfulness__{slug}", f"Faithfulness on {label}",
@@ -70,13 +66,11 @@ def faithfulness_tables(results: dict[str, Any]) -> list[Table]:
 
 def faithfulness_figures(results: dict[str, Any], folder: Path, root: Path) -> list[FigureFile]:
     rows = results.get("rows", [])
-    keys = dataset_keys(rows)
     colors = model_colors(rows)
     out: list[FigureFile] = []
-    for key in keys:
-        means = [r for r in _faithful(rows, key) if r.get("deletion_curve") or r.get("deletion_curve_random")]
-        label, slug = dataset_label(key, keys), dataset_slug(key, keys)
-        series = _series(_faithful(rows, key))
+    for key, label, slug, sub in by_dataset(rows):
+        means = [r for r in _faithful(sub) if r.get("deletion_curve") or r.get("deletion_curve_random")]
+        series = _series(_faithful(sub))
         several = len({s[1] for s in series}) > 1
         if means:
             fig = new_figure(9.6, 3.8)
@@ -103,8 +97,7 @@ def faithfulness_figures(results: dict[str, Any], folder: Path, root: Path) -> l
                             "Mean score over the positive images with a region as the pixels the map ranks highest are "
                             "removed (deletion) or restored onto the removed image (insertion); dotted: the same in a "
                             "random pixel order.", root, section=key))
-        findings = [r for r in rows if (r["dataset"], r.get("split")) == key and r["finding"] != MEAN
-                    and r.get("ablation_drop") is not None]
+        findings = [r for r in sub if r["finding"] != MEAN and r.get("ablation_drop") is not None]
         if findings:
             names = list(dict.fromkeys(r["finding"] for r in findings))
             index = {(r["model"], r["explainer"], r["finding"]): r for r in findings}

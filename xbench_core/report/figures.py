@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..schema import MEAN
-from .tables import DatasetKey, dataset_keys, dataset_label, dataset_slug, finding_label
+from .tables import DatasetKey, by_dataset, dataset_keys, dataset_label, finding_label
 
 DPI = 100
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -187,12 +187,9 @@ def dice_fixed_vs_best(results: dict[str, Any], folder: Path, root: Path) -> lis
 def per_dataset(results: dict[str, Any], folder: Path, root: Path) -> list[FigureFile]:
     """Pointing Game per finding, strata and Dice curves of every dataset."""
     rows = results.get("rows", [])
-    keys = dataset_keys(rows)
     colors = model_colors(rows)
     out: list[FigureFile] = []
-    for key in keys:
-        label, slug = dataset_label(key, keys), dataset_slug(key, keys)
-        sub = [r for r in rows if (r["dataset"], r.get("split")) == key]
+    for key, label, slug, sub in by_dataset(rows):
         means = [r for r in sub if r["finding"] == MEAN and r.get("n_regions")]
         if not means:
             continue

@@ -22,7 +22,7 @@ import numpy as np
 from ..schema import MEAN
 from .figures import FigureFile, new_figure, save
 from .sources import GroupKey, Merged, RunSource
-from .tables import dataset_keys, dataset_label, dataset_slug, finding_label
+from .tables import by_dataset, finding_label
 
 FRAME = 256
 PER_FINDING = 3
@@ -108,20 +108,18 @@ def _gallery(merged: Merged, folder: Path, root: Path, registry: Any, per_findin
              to_eval_frame: Any) -> tuple[list[FigureFile], list[str]]:
     results = merged.results
     rows = results.get("rows", [])
-    keys = dataset_keys(rows)
     bins = [tuple(s["range"]) for s in (results.get("analysis") or {}).get("strata", [])] or [(0.0, 1.0)]
     fixed = next((r["fixed_threshold"] for r in rows if r.get("fixed_threshold") is not None), 0.5)
     k_fixed = int(round(fixed * 100))
     cache = _Cache(registry, k_fixed)
     figures: list[FigureFile] = []
     notes: list[str] = []
-    for dkey in keys:
-        means = [r for r in rows if (r["dataset"], r.get("split")) == dkey and r["finding"] == MEAN and r.get("n_regions")]
+    for dkey, label, slug, sub in by_dataset(rows):
+        means = [r for r in sub if r["finding"] == MEAN and r.get("n_regions")]
         series = list(dict.fromkeys((r["model"], r["explainer"]) for r in means))[:MAX_COLUMNS]
         if not series:
             continue
         dataset, split = dkey
-        label, slug = dataset_label(dkey, keys), dataset_slug(dkey, keys)
         sources = {s: merged.origin.get((dataset, split, *s)) for s in series}
         series = [s for s in series if sources[s] is not None]
         if not series:
@@ -135,8 +133,7 @@ def _gallery(merged: Merged, folder: Path, root: Path, registry: Any, per_findin
         except Exception as exc:
             notes.append(f"gallery of {label} skipped: the dataset could not be rebuilt ({type(exc).__name__}: {exc})")
             continue
-        findings = list(dict.fromkeys(r["finding"] for r in rows if (r["dataset"], r.get("split")) == dkey
-                                      and r["finding"] != MEAN and r.get("n_regions")))
+        findings = list(dict.fromkeys(r["finding"] for r in sub if r["finding"] != MEAN and r.get("n_regions")))
         for finding in findings:
             common = None
             for s in series:

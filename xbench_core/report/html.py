@@ -17,6 +17,7 @@ from .figures import FigureFile
 from .paper import PAPER_SECTION
 from .tables import (
     Table,
+    column_groups,
     dataset_keys,
     dataset_label,
     dataset_slug,
@@ -82,12 +83,7 @@ def table_html(t: Table, files: dict[str, str]) -> str:
     marks = t.marks()
     out = [f'<div class="table" id="{_e(anchor("table", t.name))}"><h4>{_e(t.title)}</h4>',
            f'<p class="caption">{_e(tau_symbol(t.caption))}</p>', '<table class="results"><thead>']
-    groups: list[tuple[str, int]] = []
-    for c in t.columns:
-        if groups and groups[-1][0] == c.group:
-            groups[-1] = (c.group, groups[-1][1] + 1)
-        else:
-            groups.append((c.group, 1))
+    groups = column_groups(t.columns)
     if any(g for g, _ in groups):
         out.append('<tr class="group"><th></th>' + "".join(f'<th colspan="{n}">{_e(g)}</th>' for g, n in groups) + "</tr>")
     out.append("<tr><th>Model</th>" + "".join(f"<th>{_e(tau_symbol(c.label))}</th>" for c in t.columns) + "</tr></thead><tbody>")
