@@ -230,13 +230,9 @@ class BioViL(Model):
         v = self.variant
         given = text_encoder or os.environ.get(TEXT_ENV) or None
         if given is None and self.random_weights:
-            from xbench_blocks.text import generated_vocabulary
+            from xbench_blocks.text import write_bert_folder
 
-            scratch.mkdir(parents=True, exist_ok=True)
-            (scratch / "vocab.txt").write_text(
-                "\n".join(generated_vocabulary(BERT_BASE["vocab_size"])) + "\n"
-            )
-            (scratch / "config.json").write_text(json.dumps(BERT_BASE))
+            write_bert_folder(scratch, **BERT_BASE)
             return {"vocab.txt": scratch / "vocab.txt", "config.json": scratch / "config.json"}
         if given and Path(given).expanduser().is_dir():
             folder = Path(given).expanduser()
