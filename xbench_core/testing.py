@@ -1,5 +1,6 @@
-"""Test support for plugin authors: conformance suites, a throwaway-plugin fixture and
-official-layout checkpoints with random weights (tiny text encoders: `xbench_blocks`).
+"""Test support for plugin authors: conformance suites, a throwaway-plugin fixture,
+official-layout checkpoints with random or perturbed weights (tiny text encoders:
+`xbench_blocks`), random preprocessed images and DICOM files.
 
 A plugin's tests subclass a suite and provide one fixture:
 
@@ -22,6 +23,7 @@ The suites call plugins exactly as `xbench run` does, through `encode_queries`, 
 from __future__ import annotations
 
 import builtins
+import copy
 import os
 import pickle
 from collections.abc import Iterator, Mapping
@@ -47,6 +49,10 @@ __all__ = [
     "temporary_plugin",
     "save_official_checkpoint",
     "compare_with_key_listing",
+    "perturbed",
+    "with_weights",
+    "random_images",
+    "write_dicom",
     "realdata",
     "reference",
     "import_test_dependency",
@@ -97,6 +103,79 @@ def reference(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"reference file {path} not present")
     return path
+
+
+def random_images(model: Model, n: int, seed: int = 0, size: tuple[int, int] = (300, 260)) -> Any:
+    """n random gray images of `size` (uniform in [0, 1)) through `model.preprocess`, stacked."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    return torch.stack(
+        [torch.as_tensor(model.preprocess(rng.random(size, dtype=np.float32))[0]) for _ in range(n)]
+    )
+
+
+def perturbed(state_dict: Mapping[str, Any], seed: int = 1) -> dict[str, Any]:
+    """A copy of a state dict with 0.01 N(0, 1) added to every float tensor: weights a checkpoint
+    loader must reproduce exactly (a load that did nothing keeps the seeded random init)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        key: (value + 0.01 * torch.randn(value.shape, generator=generator)).clone()
+        if value.is_floating_point()
+        else value.clone()
+        for key, value in state_dict.items()
+    }
+
+
+def with_weights(model: Model, state_dict: Mapping[str, Any]) -> Model:
+    """A shallow copy of `model` whose module (a deep copy) has these weights; `model` untouched."""
+    other = copy.copy(model)
+    other.module = copy.deepcopy(model.module)
+    other.module.load_state_dict(state_dict)
+    return other
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    bits_allocated: int | None = None,
+    bits_stored: int | None = None,
+    signed: bool = False,
+    photometric: str = "MONOCHROME2",
+    **elements: Any,
+) -> Path:
+    """An uncompressed (Explicit VR Little Endian) grayscale DICOM holding `pixels` as its stored
+    values ([frames, rows, columns] for a multi-frame file), in words of `bits_allocated` (default:
+    the array's item size) of which `bits_stored` are used (default: all). `elements` set any other
+    data element or override these (PatientID="p1", ViewPosition="AP", Modality="DX", SOPClassUID=
+    ...); by default a CR Secondary Capture with a new SOP instance UID. Parent folders are made."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.asarray(pixels)
+    bits_allocated = bits_allocated or 8 * pixels.dtype.itemsize
+    ds = FileDataset(str(path), {}, file_meta=FileMetaDataset(), preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored = bits_allocated, bits_stored or bits_allocated
+    ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, int(signed)
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    dtype = f"<{'i' if signed else 'u'}{bits_allocated // 8}"
+    ds.PixelData = np.ascontiguousarray(pixels.astype(dtype)).tobytes()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)
 
 
 class temporary_plugin:  # noqa: N801 - used as a context manager and a decorator-like helper

@@ -8,6 +8,7 @@ import from its modules (`from xbench_blocks.fusion import EntityQueryModel`).
 - decoder: the DETR pre-norm decoder layer (MedKLIP, MAVL, CARZero)
 - fusion: decoder stack, entity table and entity-book model base (MedKLIP, MAVL)
 - knowledge: disease-phrase query models (KAD, DeViDe)
+- testing: the entity-book models' shared test suite and test helpers (tests only)
 - prompts: prompt pairs of CLIP-style models (CLIP, BiomedCLIP) and their open_clip plumbing
   (building, weights); imports no torch at module level, so that plugin
   packages can read `PROMPT_OPTIONS` for `xbench list`

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from xbench_blocks.text import generated_vocabulary, write_bert_folder
+from xbench_plugin_biomedclip.loading import OPEN_CLIP_CONFIG, POSITION_IDS
 
 from xbench_core import AssetError, CheckpointError, ConfigError, get_registry
 from xbench_core.testing import (
@@ -19,11 +20,13 @@ from xbench_core.testing import (
     compare_with_key_listing,
     encode_queries,
     hub_offline,  # noqa: F401 - autouse: nothing here downloads
+    perturbed,
+    random_images,
     reference,
     save_official_checkpoint,
+    with_weights,
 )
 
-POSITION_IDS = "text.transformer.embeddings.position_ids"
 ENSEMBLE = ["{finding}", "a chest x-ray showing {finding}"]
 
 
@@ -36,55 +39,14 @@ def biomed():
     return build(checkpoint="random")
 
 
-def images(model, n, seed=0, size=(300, 260)):
-    rng = np.random.default_rng(seed)
-    return torch.stack([model.preprocess(rng.random(size, dtype=np.float32))[0] for _ in range(n)])
-
-
-def perturbed(state_dict, seed=1):
-    """A copy with every float tensor moved, so that a load that did nothing cannot pass (the
-    random init is seeded)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in state_dict.items():
-        if value.is_floating_point():
-            value = value + 0.01 * torch.randn(value.shape, generator=gen)
-        out[key] = value.clone()
-    return out
-
-
-def with_weights(model, state_dict):
-    other = copy.copy(model)
-    other.module = copy.deepcopy(model.module)
-    other.module.load_state_dict(state_dict)
-    return other
-
-
-# ---- tiny configs ----------------------------------------------------------------------------------
 def tiny_config(text_folder):
-    return {
-        "model_cfg": {
-            "embed_dim": 32,
-            "vision_cfg": {
-                "timm_model_name": "vit_tiny_patch16_224",
-                "timm_model_pretrained": False,
-                "timm_pool": "",
-                "timm_proj": "linear",
-                "image_size": 224,
-            },
-            "text_cfg": {
-                "hf_model_name": str(text_folder),
-                "hf_tokenizer_name": str(text_folder),
-                "hf_proj_type": "mlp",
-                "hf_pooler_type": "cls_last_hidden_state_pooler",
-                "context_length": 256,
-            },
-        },
-        "preprocess_cfg": {
-            "mean": [0.48145466, 0.4578275, 0.40821073],
-            "std": [0.26862954, 0.26130258, 0.27577711],
-        },
-    }
+    """The released open_clip_config.json with a tiny ViT and a local BERT."""
+    config = copy.deepcopy(OPEN_CLIP_CONFIG)
+    config["model_cfg"]["embed_dim"] = 32
+    config["model_cfg"]["vision_cfg"]["timm_model_name"] = "vit_tiny_patch16_224"
+    text = config["model_cfg"]["text_cfg"]
+    text["hf_model_name"] = text["hf_tokenizer_name"] = str(text_folder)
+    return config
 
 
 def tiny_checkpoint(root, seed=3):
@@ -182,7 +144,7 @@ def test_full_size_pickle_round_trip_with_position_ids(biomed, tmp_path):
         assert torch.equal(value, weights[key]), key
     reference_model = with_weights(biomed, weights)
     del weights
-    pixels = images(biomed, 1)
+    pixels = random_images(biomed, 1)
     with torch.inference_mode():
         ref = reference_model.forward(pixels, reference_model.encode_queries(["pneumonia"]))
         new = loaded.forward(pixels, loaded.encode_queries(["pneumonia"]))
@@ -249,7 +211,7 @@ def test_map_and_score_by_hand(biomed):
         visual.trunk.norm.register_forward_hook(lambda m, i, o: seen.__setitem__("tokens", o)),
         visual.trunk.blocks[-1].register_forward_hook(lambda m, i, o: seen.__setitem__("block", o)),
     ]
-    pixels = images(biomed, 1, seed=3)
+    pixels = random_images(biomed, 1, seed=3)
     try:
         with torch.inference_mode():
             out = biomed.forward(pixels, biomed.encode_queries(["pneumothorax"]))
@@ -291,7 +253,7 @@ def test_prompt_ensemble_and_padding_trim(tiny):
 def test_logits_are_differentiable_and_match_scores(tiny):
     model, _ = tiny
     queries = encode_queries(model, ["pneumonia", "nodule"])  # as the engine does
-    pixels = images(model, 2, seed=5).requires_grad_(True)
+    pixels = random_images(model, 2, seed=5).requires_grad_(True)
     logits = model.logits(pixels, queries)
     logits[:, 1].sum().backward()
     assert pixels.grad is not None and pixels.grad.abs().sum() > 0
@@ -321,5 +283,5 @@ def test_feature_layer_patch_tokens_reach_the_logits(biomed):
     """Every patch token of the feature layer has a gradient: CAMs there are not blank."""
     from xbench_core.testing import feature_grid_gradient
 
-    per_patch = feature_grid_gradient(biomed, images(biomed, 1), ["pneumothorax"])
+    per_patch = feature_grid_gradient(biomed, random_images(biomed, 1), ["pneumothorax"])
     assert per_patch.shape == (1, 14, 14) and bool((per_patch > 0).all())

@@ -20,6 +20,7 @@ from xbench_core.testing import (
     ModelPluginTests,
     encode_queries,
     hub_offline,  # noqa: F401 - autouse: nothing here downloads
+    perturbed,
 )
 
 MS_CXR_WORDS = [
@@ -203,12 +204,6 @@ def test_biovil_variant_uses_the_480_crop_and_plain_resnet(tiny_text) -> None:
 
 
 # ---- released files -------------------------------------------------------------------------------
-def perturbed(state_dict, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return {k: (v + 0.01 * torch.randn(v.shape, generator=gen)) if v.is_floating_point() else v.clone()
-            for k, v in state_dict.items()}  # fmt: skip
-
-
 def test_released_layout_loads_strictly(biovil_t, tiny_text, tmp_path) -> None:
     """The image .pt (ImageModel state dict) and the text folder as on the Hub: config.json of model
     type cxr-bert, pytorch_model.bin with the masked-LM head and the old position_ids buffer."""

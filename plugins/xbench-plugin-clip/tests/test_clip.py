@@ -8,7 +8,6 @@ OpenAI-style configs.
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -23,9 +22,12 @@ from xbench_core.testing import (
     compare_with_key_listing,
     encode_queries,
     hub_offline,  # noqa: F401 - autouse: nothing here downloads
+    perturbed,
+    random_images,
     realdata,
     reference,
     save_official_checkpoint,
+    with_weights,
 )
 
 ENSEMBLE = ["{finding}", "a chest x-ray showing {finding}"]
@@ -46,33 +48,8 @@ def rn50():
     return build(checkpoint="random", variant="RN50", templates=ENSEMBLE)
 
 
-def images(model, n, seed=0, size=(300, 260)):
-    rng = np.random.default_rng(seed)
-    return torch.stack([model.preprocess(rng.random(size, dtype=np.float32))[0] for _ in range(n)])
-
-
-def perturbed(state_dict, seed=1):
-    """A copy of a state_dict with every float tensor moved, so that a load that silently did
-    nothing (the random init is seeded) cannot pass."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in state_dict.items():
-        if value.is_floating_point():
-            value = value + 0.01 * torch.randn(value.shape, generator=gen)
-        out[key] = value.clone()
-    return out
-
-
 def contiguous(state_dict):
     return {k: v.contiguous() for k, v in state_dict.items()}
-
-
-def with_weights(model, state_dict):
-    """A shallow copy of a wrapped model whose module has these weights (the original untouched)."""
-    other = copy.copy(model)
-    other.module = copy.deepcopy(model.module)
-    other.module.load_state_dict(state_dict)
-    return other
 
 
 # ---- conformance ---------------------------------------------------------------------------------
@@ -167,7 +144,7 @@ def test_full_size_safetensors_round_trip(vit, tmp_path):
         assert torch.equal(value, weights[key]), key
     reference_model = with_weights(vit, weights)
     del weights
-    pixels = images(vit, 1)
+    pixels = random_images(vit, 1)
     with torch.inference_mode():
         ref = reference_model.forward(pixels, reference_model.encode_queries(["pneumonia"]))
         new = loaded.forward(pixels, loaded.encode_queries(["pneumonia"]))
@@ -183,7 +160,7 @@ def test_full_size_rn50_pickle_round_trip(rn50, tmp_path):
     for key, value in loaded.module.state_dict().items():
         assert torch.equal(value, weights[key]), key
     reference_model = with_weights(rn50, weights)
-    pixels = images(rn50, 2)
+    pixels = random_images(rn50, 2)
     with torch.inference_mode():
         ref = reference_model.forward(pixels, reference_model.encode_queries(["mass"]))
         new = loaded.forward(pixels, loaded.encode_queries(["mass"]))
@@ -215,7 +192,7 @@ def test_folder_with_config_and_pickle_with_jit_extras(tmp_path, kind):
     for key, value in loaded.module.state_dict().items():
         if not key.endswith("num_batches_tracked"):
             assert torch.equal(value, weights[key]), key
-    pixels = images(loaded, 2)
+    pixels = random_images(loaded, 2)
     with torch.inference_mode():
         out = loaded.forward(pixels, loaded.encode_queries(["mass", "edema"]))
     assert out.maps["similarity"].shape == (2, 2, 7, 7)
@@ -282,7 +259,7 @@ def test_vit_map_and_score_by_hand(vit):
             lambda m, i, o: seen.__setitem__("block", o)
         ),
     ]
-    pixels = images(vit, 1, seed=3)
+    pixels = random_images(vit, 1, seed=3)
     try:
         with torch.inference_mode():
             out = vit.forward(pixels, vit.encode_queries(["pleural_effusion"]))
@@ -319,7 +296,7 @@ def test_rn50_maskclip_map_by_hand(rn50):
     assert layer.module is visual.layer4
     seen = {}
     hook = visual.layer4.register_forward_hook(lambda m, i, o: seen.__setitem__("x", o))
-    pixels = images(rn50, 1, seed=4)
+    pixels = random_images(rn50, 1, seed=4)
     try:
         with torch.inference_mode():
             queries = rn50.encode_queries(["cardiomegaly"])
@@ -346,7 +323,7 @@ def test_logits_are_differentiable_and_match_scores(tmp_path, kind):
     save_file(contiguous(weights), str(folder / "open_clip_model.safetensors"))
     model = build(checkpoint=str(folder))
     queries = encode_queries(model, ["pneumonia", "nodule"])  # as the engine does
-    pixels = images(model, 2, seed=5).requires_grad_(True)
+    pixels = random_images(model, 2, seed=5).requires_grad_(True)
     logits = model.logits(pixels, queries)
     logits[:, 0].sum().backward()
     assert pixels.grad is not None and pixels.grad.abs().sum() > 0
@@ -413,5 +390,5 @@ def test_feature_layer_patch_tokens_reach_the_logits(vit):
     """Every patch token of the feature layer has a gradient: CAMs there are not blank."""
     from xbench_core.testing import feature_grid_gradient
 
-    per_patch = feature_grid_gradient(vit, images(vit, 1), ["pneumothorax"])
+    per_patch = feature_grid_gradient(vit, random_images(vit, 1), ["pneumothorax"])
     assert per_patch.shape == (1, 14, 14) and bool((per_patch > 0).all())

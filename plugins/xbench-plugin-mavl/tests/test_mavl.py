@@ -9,12 +9,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from xbench_blocks.frozen_text import embed_texts
 from xbench_blocks.fusion import write_tiny_text_encoder
-from xbench_blocks.preprocessing import IMAGENET_MEAN, IMAGENET_STD, squash_imagenet
+from xbench_blocks.testing import UNPICKLED, EntityQueryModelTests, PickledConfig, random_pixels
 from xbench_plugin_mavl import SPEC
 from xbench_plugin_mavl import model as model_module
 from xbench_plugin_mavl.entities import (
@@ -30,11 +29,8 @@ from xbench_plugin_mavl.entities import (
 
 from xbench_core import AssetError, CheckpointError, DataError, UnsupportedFinding
 from xbench_core.testing import (
-    ModelPluginTests,
-    compare_with_key_listing,
-    encode_queries,
+    perturbed,
     realdata,
-    reference,
     save_official_checkpoint,
 )
 
@@ -80,33 +76,15 @@ def shared_model(home: Path, tiny_bert: Path):
     return SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
 
 
-def _pixels(model, n: int, seed: int = 0, size: int | None = None) -> torch.Tensor:
-    """n preprocessed random images; with `size`, a smaller normalized input (the network is
-    convolutional up to the decoder, so the math checks hold on a coarser grid, at a fraction of
-    the CPU time)."""
-    rng = np.random.default_rng(seed)
-    if size is not None:
-        return torch.from_numpy(rng.standard_normal((n, 3, size, size), dtype=np.float32))
-    return torch.stack(
-        [model.preprocess(rng.random((120, 100), dtype=np.float32))[0] for _ in range(n)]
-    )
-
-
-class TestMAVL(ModelPluginTests):
+class TestMAVL(EntityQueryModelTests):
     name = "mavl"
+    listing = "mavl_model.json"
+    book = "concept_book"
 
     @pytest.fixture(scope="class")
     @classmethod
     def model(cls, shared_model):
         return shared_model
-
-    def test_state_dict_matches_official_listing(self, model) -> None:
-        listing = reference("checkpoint-keys", "mavl_model.json")
-        missing, unexpected, shapes = compare_with_key_listing(model.module.state_dict(), listing)
-        assert (missing, unexpected, shapes) == ([], [], [])
-        # Same order too (module creation order as in the official __init__ and layer).
-        assert list(model.module.state_dict()) == list(json.loads(listing.read_text()))
-        assert model.random_weights is True
 
     def test_concept_book_is_entity_major_and_outside_the_state_dict(self, model) -> None:
         # 76 entities (the placeholders include covid19) x 9 concepts
@@ -123,7 +101,7 @@ class TestMAVL(ModelPluginTests):
     def test_scores_and_maps_follow_the_official_rule(self, model) -> None:
         findings = ["pneumonia", "fibrosis", "pleural_effusion"]
         rows = [PNEUMONIA, ENTITIES.index("tail_abnorm_obs"), EFFUSION]
-        pixels = _pixels(model, 1)
+        pixels = random_pixels(model, 1)
         with torch.inference_mode():
             queries = model.encode_queries(findings)
             out = model.forward(pixels, queries)
@@ -147,7 +125,7 @@ class TestMAVL(ModelPluginTests):
         # entity's concept queries changes that entity's logits and (through self-attention)
         # only slightly the others'.
         net = copy.deepcopy(model.module)
-        pixels = _pixels(model, 1, size=64)
+        pixels = random_pixels(model, 1, size=64)
         with torch.no_grad():
             before, _, _ = net(pixels, 75)
             net.concept_book[9 * PNEUMONIA : 9 * PNEUMONIA + 9] = net.concept_book[0:9]
@@ -155,25 +133,8 @@ class TestMAVL(ModelPluginTests):
         change = (after - before).abs().amax(dim=-1)[0]
         assert float(change[PNEUMONIA]) > 10 * float(change[EFFUSION])
 
-    def test_feature_layer_is_layer3_and_carries_gradients(self, model) -> None:
-        layer = model.feature_layer()
-        captured, gradient = {}, {}
-        handle = layer.module.register_forward_hook(
-            lambda module, args, output: captured.setdefault("grid", layer.to_grid(output))
-        )
-        try:
-            queries = encode_queries(model, ["pneumonia"])  # as the engine makes them, once a run
-            value = model.logits(_pixels(model, 1, size=96), queries)
-            captured["grid"].register_hook(lambda g: gradient.setdefault("g", g))
-            value.sum().backward()
-        finally:
-            handle.remove()
-            model.module.zero_grad(set_to_none=True)
-        assert tuple(captured["grid"].shape) == (1, 1024, 6, 6)  # 96 / 16
-        assert float(gradient["g"].abs().sum()) > 0
-
     def test_covid19_is_appended_only_when_asked_for(self, model) -> None:
-        pixels = _pixels(model, 1, size=96)
+        pixels = random_pixels(model, 1, size=96)
         with torch.inference_mode():
             alone = model.forward(pixels, model.encode_queries(["pneumonia"]))
             queries = model.encode_queries(["pneumonia", "covid19"])
@@ -184,20 +145,6 @@ class TestMAVL(ModelPluginTests):
         assert not torch.equal(alone.scores[:, 0], both.scores[:, 0])
         torch.testing.assert_close(alone.scores[:, 0], both.scores[:, 0], atol=0.05, rtol=0)
 
-    def test_preprocess_squash_and_normalization(self, model) -> None:
-        image = np.full((300, 200), 0.5, np.float32)
-        image[:150] = 1.0
-        pixels, geometry = model.preprocess(image)
-        assert tuple(pixels.shape) == (3, 224, 224) and pixels.dtype == torch.float32
-        assert geometry.kind == "squash" and geometry.scale == (224 / 300, 224 / 200)
-        for channel in range(3):
-            assert float(pixels[channel, 0, 0]) == pytest.approx(
-                (1.0 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
-            )
-            assert float(pixels[channel, -1, -1]) == pytest.approx(
-                (0.5 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
-            )
-
     def test_unsupported_findings(self, model) -> None:
         for finding in ("tuberculosis", "aortic_enlargement", "ild", "copd"):
             assert not model.supports(finding)
@@ -207,29 +154,9 @@ class TestMAVL(ModelPluginTests):
 
 # ---- checkpoints ----------------------------------------------------------------------------
 
-_UNPICKLED: list[str] = []
-
-
-def _record_call(message: str) -> str:
-    _UNPICKLED.append(message)
-    return message
-
-
-class FakeAcceleratorConfig:
-    """Stands for the pickled config objects of the release; unpickling it would run code."""
-
-    def __reduce__(self):
-        return (_record_call, ("the checkpoint's pickled config was executed",))
-
 
 def test_official_checkpoint_loads_strictly(shared_model, tiny_bert, tmp_path) -> None:
-    generator = torch.Generator().manual_seed(1)
-    state = {
-        key: (value + 0.01 * torch.randn(value.shape, generator=generator)).clone()
-        if value.is_floating_point()
-        else value.clone()
-        for key, value in shared_model.module.state_dict().items()
-    }
+    state = perturbed(shared_model.module.state_dict())
     save_official_checkpoint(
         {**state, "temp": torch.full((9,), 0.07)},  # the per-aspect temperature, dropped
         tmp_path / "checkpoint_full_46.pth",
@@ -237,7 +164,7 @@ def test_official_checkpoint_loads_strictly(shared_model, tiny_bert, tmp_path) -
         prefix="module.",
         extra={
             "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
-            "config": FakeAcceleratorConfig(),
+            "config": PickledConfig(),
             "epoch": 46,
         },
     )
@@ -250,7 +177,7 @@ def test_official_checkpoint_loads_strictly(shared_model, tiny_bert, tmp_path) -
         descriptions=str(descriptions),
         aspects=str(aspects),
     )
-    assert _UNPICKLED == [], "the pickled config object was executed"
+    assert UNPICKLED == [], "the pickled config object was executed"
     assert loaded.random_weights is False
     for key, value in loaded.module.state_dict().items():
         assert torch.equal(value, state[key]), key
@@ -258,7 +185,7 @@ def test_official_checkpoint_loads_strictly(shared_model, tiny_bert, tmp_path) -
     torch.testing.assert_close(loaded.module.concept_book, shared_model.module.concept_book)
     expected_module = copy.deepcopy(shared_model.module)
     expected_module.load_state_dict(state)
-    pixels = _pixels(loaded, 1, size=96)
+    pixels = random_pixels(loaded, 1, size=96)
     with torch.inference_mode():
         out = loaded.forward(pixels, loaded.encode_queries(["pneumonia", "pleural_effusion"]))
         logits, attention, _ = expected_module(pixels, 75)
@@ -365,33 +292,6 @@ def test_without_covid19_entries_covid19_is_unsupported(tmp_path) -> None:
     assert "covid19" not in read_aspects(aspects)
 
 
-# ---- query cache (the text encoder itself: tests/test_frozen_text.py in the core) ----------
-
-
-def test_model_reuses_the_query_cache(home, tiny_bert, shared_model) -> None:
-    # shared_model already filled the cache for these texts and this encoder: a hit writes nothing
-    queries = Path(home, "queries")
-    before = {path: path.stat().st_mtime_ns for path in queries.glob("*.safetensors")}
-    model = SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
-    assert {path: path.stat().st_mtime_ns for path in queries.glob("*.safetensors")} == before
-    assert torch.equal(model.module.concept_book, shared_model.module.concept_book)
-    assert any(Path(home, "queries").glob("mavl-*.safetensors"))
-
-
-# ---- preprocessing ---------------------------------------------------------------------------
-
-
-def test_equalize_option_changes_the_input(shared_model) -> None:
-    # the equalization itself: tests/test_preprocessing.py in the core
-    ramp = np.tile(np.linspace(0, 1, 100, dtype=np.float32) ** 3, (80, 1))
-    equalized, _ = squash_imagenet(ramp, equalize=True)
-    plain, _ = shared_model.preprocess(ramp)
-    assert shared_model.equalize_hist is False and not torch.allclose(plain, equalized)
-    assert (
-        0.4 < float((equalized[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0] > 0.5).float().mean()) < 0.6
-    )
-
-
 # ---- full size, slow ------------------------------------------------------------------------
 
 
@@ -408,7 +308,7 @@ def test_full_size_random_default_and_timing(tmp_path, monkeypatch) -> None:
     cached = time.perf_counter() - start
     assert torch.equal(model.module.concept_book, again.module.concept_book)
     assert tuple(model.module.concept_book.shape) == (76 * 9, 768)
-    pixels = _pixels(model, 8)
+    pixels = random_pixels(model, 8)
     queries = model.encode_queries(["pneumonia", "pleural_effusion", "pneumothorax"])
     with torch.inference_mode():
         model.forward(pixels[:1], queries)

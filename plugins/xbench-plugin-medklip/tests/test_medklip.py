@@ -10,11 +10,10 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from xbench_blocks.fusion import write_tiny_text_encoder
-from xbench_blocks.preprocessing import IMAGENET_MEAN, IMAGENET_STD, squash_imagenet
+from xbench_blocks.testing import UNPICKLED, EntityQueryModelTests, PickledConfig, random_pixels
 from xbench_plugin_medklip import SPEC
 from xbench_plugin_medklip import model as model_module
 from xbench_plugin_medklip.entities import (
@@ -26,11 +25,8 @@ from xbench_plugin_medklip.entities import (
 
 from xbench_core import AssetError, CheckpointError, DataError, UnsupportedFinding
 from xbench_core.testing import (
-    ModelPluginTests,
-    compare_with_key_listing,
-    encode_queries,
+    perturbed,
     realdata,
-    reference,
     save_official_checkpoint,
 )
 
@@ -75,42 +71,25 @@ def shared_model(home: Path, tiny_bert: Path):
     return SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
 
 
-def _pixels(model, n: int, seed: int = 0, size: int | None = None) -> torch.Tensor:
-    """n preprocessed random images; with `size`, a smaller normalized input (the network is
-    convolutional up to the decoder, so the math checks hold on a coarser grid, at a fraction of
-    the CPU time)."""
-    rng = np.random.default_rng(seed)
-    if size is not None:
-        return torch.from_numpy(rng.standard_normal((n, 3, size, size), dtype=np.float32))
-    return torch.stack(
-        [model.preprocess(rng.random((120, 100), dtype=np.float32))[0] for _ in range(n)]
-    )
-
-
-class TestMedKLIP(ModelPluginTests):
+class TestMedKLIP(EntityQueryModelTests):
     name = "medklip"
+    listing = "medklip_model.json"
+    book = "entity_book"
 
     @pytest.fixture(scope="class")
     @classmethod
     def model(cls, shared_model):
         return shared_model
 
-    def test_state_dict_matches_official_listing(self, model) -> None:
-        listing = reference("checkpoint-keys", "medklip_model.json")
-        missing, unexpected, shapes = compare_with_key_listing(model.module.state_dict(), listing)
-        assert (missing, unexpected, shapes) == ([], [], [])
-        # Same order too (module creation order as in the official __init__).
-        assert list(model.module.state_dict()) == list(json.loads(listing.read_text()))
-        assert model.random_weights is True
-
     def test_query_book_is_a_buffer_outside_the_state_dict(self, model) -> None:
         assert tuple(model.module.entity_book.shape) == (75, 768)
         assert "entity_book" not in model.module.state_dict()
         assert "entity_book" in dict(model.module.named_buffers())
+        assert model.descriptions == placeholder_descriptions()
 
     def test_scores_and_maps_follow_the_official_rule(self, model) -> None:
         findings = ["pneumonia", "fibrosis", "pleural_effusion"]
-        pixels = _pixels(model, 1)
+        pixels = random_pixels(model, 1)
         with torch.inference_mode():
             queries = model.encode_queries(findings)
             out = model.forward(pixels, queries)
@@ -134,40 +113,6 @@ class TestMedKLIP(ModelPluginTests):
             difference = model.logits(pixels, queries)
         torch.testing.assert_close(torch.sigmoid(difference), out.scores, atol=1e-6, rtol=1e-5)
 
-    def test_feature_layer_is_layer3_and_carries_gradients(self, model) -> None:
-        layer = model.feature_layer()
-        captured = {}
-        handle = layer.module.register_forward_hook(
-            lambda module, args, output: captured.setdefault("grid", layer.to_grid(output))
-        )
-        try:
-            pixels = _pixels(model, 1, size=96)
-            queries = encode_queries(model, ["pneumonia"])  # as the engine makes them, once a run
-            captured_grad = {}
-            value = model.logits(pixels, queries)
-            captured["grid"].register_hook(lambda g: captured_grad.setdefault("g", g))
-            value.sum().backward()
-        finally:
-            handle.remove()
-            model.module.zero_grad(set_to_none=True)
-        assert tuple(captured["grid"].shape) == (1, 1024, 6, 6)  # 96 / 16
-        assert float(captured_grad["g"].abs().sum()) > 0
-
-    def test_preprocess_squash_and_normalization(self, model) -> None:
-        image = np.full((300, 200), 0.5, np.float32)
-        image[:150] = 1.0  # top half white: squash keeps the half at row 112
-        pixels, geometry = model.preprocess(image)
-        assert tuple(pixels.shape) == (3, 224, 224) and pixels.dtype == torch.float32
-        assert geometry.kind == "squash" and geometry.input_size == (224, 224)
-        assert geometry.scale == (224 / 300, 224 / 200)
-        for channel in range(3):
-            assert float(pixels[channel, 0, 0]) == pytest.approx(
-                (1.0 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
-            )
-            assert float(pixels[channel, -1, -1]) == pytest.approx(
-                (0.5 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
-            )
-
     def test_unsupported_findings(self, model) -> None:
         # placeholders have no covid19 entry, and MedKLIP's own file has none either
         for finding in ("covid19", "tuberculosis", "aortic_enlargement", "ild"):
@@ -178,33 +123,9 @@ class TestMedKLIP(ModelPluginTests):
 
 # ---- checkpoints ----------------------------------------------------------------------------
 
-_UNPICKLED: list[str] = []
-
-
-def _record_call(message: str) -> str:
-    _UNPICKLED.append(message)
-    return message
-
-
-class FakeTrainingConfig:
-    """Stands for the pickled config objects of the release; unpickling it would run code."""
-
-    def __reduce__(self):
-        return (_record_call, ("the checkpoint's pickled config was executed",))
-
-
-def _perturbed_state(model) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    state = {}
-    for key, value in model.module.state_dict().items():
-        if value.is_floating_point():
-            value = value + 0.01 * torch.randn(value.shape, generator=generator)
-        state[key] = value.clone()
-    return state
-
 
 def test_official_checkpoint_loads_strictly(shared_model, tiny_bert, tmp_path) -> None:
-    state = _perturbed_state(shared_model)
+    state = perturbed(shared_model.module.state_dict())
     save_official_checkpoint(
         state,
         tmp_path / "checkpoint_final.pth",
@@ -213,7 +134,7 @@ def test_official_checkpoint_loads_strictly(shared_model, tiny_bert, tmp_path) -
         extra={
             "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
             "lr_scheduler": {"last_epoch": 99},
-            "config": FakeTrainingConfig(),
+            "config": PickledConfig(),
             "epoch": 99,
         },
     )
@@ -223,7 +144,7 @@ def test_official_checkpoint_loads_strictly(shared_model, tiny_bert, tmp_path) -
     loaded = SPEC.build(
         checkpoint=str(tmp_path), text_encoder=str(tiny_bert), descriptions=str(descriptions)
     )
-    assert _UNPICKLED == [], "the pickled config object was executed"
+    assert UNPICKLED == [], "the pickled config object was executed"
     assert loaded.random_weights is False
     for key, value in loaded.module.state_dict().items():
         assert torch.equal(value, state[key]), key
@@ -232,7 +153,7 @@ def test_official_checkpoint_loads_strictly(shared_model, tiny_bert, tmp_path) -
     expected_module.entity_book = loaded.module.entity_book
     # the placeholder texts of the file hit the cache filled by shared_model
     torch.testing.assert_close(loaded.module.entity_book[:75], shared_model.module.entity_book)
-    pixels = _pixels(loaded, 1, size=96)
+    pixels = random_pixels(loaded, 1, size=96)
     with torch.inference_mode():
         out = loaded.forward(pixels, loaded.encode_queries(["pneumonia", "atelectasis"]))
         logits, attention, _ = expected_module(pixels, 75)
@@ -334,35 +255,6 @@ def test_malformed_descriptions_name_the_key(tmp_path) -> None:
         read_descriptions(path)
 
 
-# ---- query cache (the text encoder itself: tests/test_frozen_text.py in the core) ----------
-
-
-def test_model_reuses_the_query_cache(home, tiny_bert, shared_model) -> None:
-    # shared_model already filled the cache for these texts and this encoder: a hit writes nothing
-    queries = Path(home, "queries")
-    before = {path: path.stat().st_mtime_ns for path in queries.glob("*.safetensors")}
-    model = SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
-    assert {path: path.stat().st_mtime_ns for path in queries.glob("*.safetensors")} == before
-    assert torch.equal(model.module.entity_book, shared_model.module.entity_book)
-    assert any(Path(home, "queries").glob("medklip-*.safetensors"))
-    assert model.descriptions == placeholder_descriptions()
-
-
-# ---- preprocessing ---------------------------------------------------------------------------
-
-
-def test_equalize_option_changes_the_input(shared_model) -> None:
-    assert SPEC.option("equalize_hist").default is False and shared_model.equalize_hist is False
-    ramp = np.tile(np.linspace(0, 1, 100, dtype=np.float32) ** 3, (80, 1))
-    plain, _ = shared_model.preprocess(ramp)
-    equalized, _ = squash_imagenet(ramp, equalize=True)
-    assert not torch.allclose(plain, equalized)
-    gray = equalized[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
-    # equalization spreads a skewed ramp: about half the pixels end up above 0.5
-    assert 0.4 < float((gray > 0.5).float().mean()) < 0.6
-    assert float((plain[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0] > 0.5).float().mean()) < 0.25
-
-
 # ---- full size, slow ------------------------------------------------------------------------
 
 
@@ -379,7 +271,7 @@ def test_full_size_random_default_and_timing(tmp_path, monkeypatch) -> None:
     cached = time.perf_counter() - start
     assert torch.equal(model.module.entity_book, again.module.entity_book)
     assert model.text_encoder.random and model.text_encoder.folder is None
-    pixels = _pixels(model, 8)
+    pixels = random_pixels(model, 8)
     queries = model.encode_queries(["pneumonia", "pleural_effusion", "pneumothorax"])
     with torch.inference_mode():
         model.forward(pixels[:1], queries)
