@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xbench_core import DataError, ImageReadError
+from xbench_core import DataError, ImageReadError, testing
 from xbench_core.io import (
     ImageIndex,
     dicom_header,
@@ -340,27 +340,11 @@ def test_image_index_pickles_and_missing_root_is_empty(tmp_path):
 
 
 # ---- DICOM headers ---------------------------------------------------------------------------------
-def write_dicom(path: Path, *, pixels: bool = True, **elements: object) -> Path:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = UID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = UID
-    ds.Rows, ds.Columns = 30, 40
-    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 8, 8, 7
-    ds.PixelRepresentation = 0
-    ds.PhotometricInterpretation = "MONOCHROME1"
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    if pixels:
-        ds.PixelData = np.zeros((30, 40), np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+def write_dicom(path: Path, **elements: object) -> Path:
+    pixels = np.zeros((30, 40), np.uint8)
+    return testing.write_dicom(
+        path, pixels, photometric="MONOCHROME1", SOPInstanceUID=UID, **elements
+    )
 
 
 def test_dicom_header_fields(tmp_path):

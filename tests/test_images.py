@@ -12,53 +12,10 @@ import pytest
 
 from xbench_core.errors import ImageReadError
 from xbench_core.io.images import read_image
-from xbench_core.testing import realdata
+from xbench_core.testing import realdata, write_dicom
 
 
 # ---- writers -----------------------------------------------------------------------------------
-def write_dicom(
-    path: Path,
-    pixels: np.ndarray,
-    *,
-    bits_allocated: int,
-    bits_stored: int,
-    signed: bool = False,
-    photometric: str = "MONOCHROME2",
-    **elements: object,
-) -> Path:
-    """An uncompressed (Explicit VR Little Endian) DICOM with the given stored values."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    frames = pixels.shape[0] if pixels.ndim == 3 else 1
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    if pixels.ndim == 3:
-        ds.NumberOfFrames = frames
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = bits_allocated
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 1 if signed else 0
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    dtype = {8: "u1", 16: "u2"}[bits_allocated]
-    if signed:
-        dtype = dtype.replace("u", "i")
-    ds.PixelData = np.ascontiguousarray(pixels.astype("<" + dtype)).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def write_png16(path: Path, pixels: np.ndarray) -> Path:
     """A 16-bit grayscale PNG written byte by byte (no Pillow), to test the reader independently."""
     h, w = pixels.shape

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xbench_core import ConfigError, DataError, ImageReadError, Region, get_registry
+from xbench_core import ConfigError, DataError, ImageReadError, Region, get_registry, testing
 from xbench_core.inspect import inspect_dataset
 from xbench_core.testing import DatasetPluginTests, realdata
 
@@ -44,44 +44,12 @@ def label_text() -> str:
     return "".join(rows)
 
 
-def write_dicom(
-    path: Path,
-    pixels: np.ndarray,
-    *,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int | None = None,
-    patient_id: str = "",
-    view: str = "PA",
-    sop_uid: str | None = None,
-) -> Path:
-    """A minimal CR DICOM as the MD.ai export writes them (uncompressed here)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    sop = sop_uid or generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = sop
-    ds.PatientID = patient_id
-    ds.ViewPosition = view
-    ds.PatientAge = "051Y"
-    ds.PatientSex = "F"
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+def write_dicom(path: Path, pixels: np.ndarray, *, patient_id: str = "", **options) -> Path:  # noqa: ANN003
+    """A CR DICOM as the MD.ai export writes them (uncompressed here)."""
+    options = {"ViewPosition": "PA", **options}
+    return testing.write_dicom(
+        path, pixels, PatientID=patient_id, PatientAge="051Y", PatientSex="F", **options
+    )
 
 
 def ramp(dtype: type, top: int) -> np.ndarray:
@@ -103,7 +71,7 @@ def write_kaggle(root: Path) -> Path:
         photometric="MONOCHROME1",
         bits_stored=12,
         patient_id=PIDS["pos2"],
-        view="AP",
+        ViewPosition="AP",
     )
     write_dicom(images / f"{PIDS['neg1']}.dcm", ramp(np.uint16, 65535), patient_id=PIDS["neg1"])
     write_dicom(images / f"{PIDS['neg2']}.dcm", ramp(np.uint8, 255), patient_id=PIDS["neg2"])
@@ -233,7 +201,10 @@ def write_mdai(root: Path) -> dict[str, Path]:
     for k, pid in enumerate(sorted(PIDS.values())):
         study, series, sop = _nested_uids(k)
         paths[pid] = write_dicom(
-            top / study / series / f"{sop}.dcm", ramp(np.uint8, 255), patient_id=pid, sop_uid=sop
+            top / study / series / f"{sop}.dcm",
+            ramp(np.uint8, 255),
+            patient_id=pid,
+            SOPInstanceUID=sop,
         )
     return paths
 

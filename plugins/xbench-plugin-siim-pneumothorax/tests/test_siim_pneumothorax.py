@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xbench_core import ConfigError, DataError, ImageReadError, Region, get_registry
+from xbench_core import ConfigError, DataError, ImageReadError, Region, get_registry, testing
 from xbench_core.inspect import inspect_dataset
 from xbench_core.io import decode_relative_rle
 from xbench_core.testing import DatasetPluginTests, realdata
@@ -86,41 +86,11 @@ MASKS = {
 IDS = {"multi": uid(1), "single": uid(2), "neg": uid(3), "odd": "1.2.840.99.7.1"}
 
 
-def write_dicom(
-    path: Path,
-    pixels: np.ndarray,
-    *,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int | None = None,
-    sop_uid: str = "1.2.3",
-    view: str = "PA",
-) -> Path:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = sop_uid
-    ds.PatientID = f"patient-{sop_uid[-4:]}"
-    ds.ViewPosition = view
-    ds.PatientAge = "038Y"
-    ds.PatientSex = "M"
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+def write_dicom(path: Path, pixels: np.ndarray, *, sop_uid: str = "1.2.3", **options) -> Path:  # noqa: ANN003
+    return testing.write_dicom(
+        path, pixels, SOPInstanceUID=sop_uid, PatientID=f"patient-{sop_uid[-4:]}",
+        ViewPosition="PA", PatientAge="038Y", PatientSex="M", **options,
+    )  # fmt: skip
 
 
 def ramp(dtype: type, top: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import pytest
 from xbench_plugin_vindr_cxr.labels import ALL_FINDINGS, GLOBAL_LABELS, LOCAL_LABELS, finding_of
 from xbench_plugin_vindr_cxr.readers import vote_boxes
 
-from xbench_core import DataError, ImageReadError, Region, get_registry
+from xbench_core import DataError, ImageReadError, Region, get_registry, testing
 from xbench_core.inspect import inspect_dataset
 from xbench_core.testing import DatasetPluginTests, realdata
 
@@ -48,32 +48,12 @@ def write_dicom(
     window: tuple[float, float] | None = None,
 ) -> Path:
     """A minimal uncompressed DX DICOM as VinDr ships them (16-bit words, `bits` stored)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, for presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.PatientID = ""
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
+    digital_xray = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage, for presentation
+    window = {"WindowCenter": window[0], "WindowWidth": window[1]} if window else {}
+    return testing.write_dicom(
+        path, pixels, bits_allocated=16, bits_stored=bits, photometric=photometric,
+        SOPClassUID=digital_xray, Modality="DX", PatientID="", **window,
+    )  # fmt: skip
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
