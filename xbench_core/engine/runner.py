@@ -434,7 +434,7 @@ class Runner:
                                    [items[b]["masks"][f] for b, _, f in grounded])
             # another protocol's values are computed on the host: one copy of the batch's maps
             host = maps[bs, js].detach().float().cpu().numpy() if self.cfg.protocol.name != "xbench" else None
-            for k, ((b, j, f), st) in enumerate(zip(grounded, stats)):
+            for k, ((b, _, f), st) in enumerate(zip(grounded, stats)):
                 it, row = items[b], item_rows[b][f]
                 if st["region_px"] == 0:
                     row["error"] = "region is empty at the eval frame (raise grounding.eval_size)"
