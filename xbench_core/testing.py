@@ -13,8 +13,9 @@ A plugin's tests subclass a suite and provide one fixture:
             root = write_fixture(tmp_path_factory.mktemp("data"))
             return get_registry().datasets["my-dataset"].build(root=str(root))
 
-`ModelPluginTests` wants a `model` fixture (random weights, CPU), `ExplainerPluginTests` an
-`explainer` and a `model`, `MetricPluginTests` a `metric`.
+`ModelPluginTests` wants a `model` fixture (random weights, CPU), `ExplainerPluginTests` a
+`model` (its `explainer` fixture builds the registered `name` with `options`), `MetricPluginTests`
+a `metric`.
 
 The suites call plugins exactly as `xbench run` does, through `encode_queries`, `forward` and
 `explain` (re-exported here from the engine): use them in a plugin's own tests too.
@@ -395,14 +396,16 @@ def feature_grid_gradient(model: Model, pixels: Any, findings: list[str]) -> Any
 
 
 class ExplainerPluginTests:
-    """Conformance suite for explainers. Provide `name`, an `explainer` and a `model` fixture."""
+    """Conformance suite for explainers. Provide `name` and a `model` fixture; the `explainer`
+    fixture builds the registered explainer `name` with `options` (override it for others)."""
 
     name: str = ""
+    options: dict[str, Any] = {}
 
     @pytest.fixture(scope="class")
     @classmethod
-    def explainer(cls) -> Any:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def explainer(cls) -> Any:
+        return get_registry().explainers[cls.name].build(**cls.options)
 
     @pytest.fixture(scope="class")
     @classmethod

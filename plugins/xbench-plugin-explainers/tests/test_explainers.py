@@ -69,11 +69,6 @@ class TestGradCAMConformance(ExplainerPluginTests):
 
     @pytest.fixture(scope="class")
     @classmethod
-    def explainer(cls) -> Any:
-        return explainer("gradcam")
-
-    @pytest.fixture(scope="class")
-    @classmethod
     def model(cls) -> Any:
         return ToyConv(detector=False, batchnorm=True)
 
@@ -83,22 +78,13 @@ class TestGradCAMPlusPlusConformance(ExplainerPluginTests):
 
     @pytest.fixture(scope="class")
     @classmethod
-    def explainer(cls) -> Any:
-        return explainer("gradcampp")
-
-    @pytest.fixture(scope="class")
-    @classmethod
     def model(cls) -> Any:
         return ToyTokens()
 
 
 class TestRISEConformance(ExplainerPluginTests):
     name = "rise"
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def explainer(cls) -> Any:
-        return explainer("rise", masks=100)
+    options = {"masks": 100}  # noqa: RUF012 - read once by the suite's fixture
 
     @pytest.fixture(scope="class")
     @classmethod

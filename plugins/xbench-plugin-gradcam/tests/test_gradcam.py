@@ -219,11 +219,6 @@ def test_hygiene_parameters_hooks_and_modes() -> None:
 class _Conformance(ExplainerPluginTests):
     @pytest.fixture(scope="class")
     @classmethod
-    def explainer(cls) -> Any:
-        return get_registry().explainers[cls.name].build()
-
-    @pytest.fixture(scope="class")
-    @classmethod
     def model(cls) -> Model:
         return Toy(tokens=True)
 

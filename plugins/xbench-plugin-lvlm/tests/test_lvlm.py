@@ -113,11 +113,6 @@ class ExplainerConformance(ExplainerPluginTests):
 
     @pytest.fixture(scope="class")
     @classmethod
-    def explainer(cls):
-        return get_registry().explainers[cls.name].build()
-
-    @pytest.fixture(scope="class")
-    @classmethod
     def model(cls, models):
         return models[cls.family]
 
