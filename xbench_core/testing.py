@@ -302,17 +302,6 @@ class ModelPluginTests:
     def model(cls) -> Model:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _batch(self, model: Model, n: int) -> tuple[Any, list[Geometry]]:
-        import torch
-
-        rng = np.random.default_rng(0)
-        tensors, geoms = [], []
-        for _ in range(n):
-            pixels, geom = model.preprocess(rng.random(self.image_size, dtype=np.float32))
-            tensors.append(torch.as_tensor(pixels))
-            geoms.append(geom)
-        return torch.stack(tensors), geoms
-
     def _supported(self, model: Model) -> list[str]:
         found = [f for f in self.findings if model.supports(f)]
         assert found, "the model supports none of the test findings"
@@ -332,7 +321,7 @@ class ModelPluginTests:
         import torch
 
         findings = self._supported(model)
-        pixels, _ = self._batch(model, 2)
+        pixels = random_images(model, 2, size=self.image_size)
         queries = encode_queries(model, findings)
         out = forward(model, pixels, queries)
         assert tuple(out.scores.shape) == (2, len(findings))
@@ -346,7 +335,7 @@ class ModelPluginTests:
         import torch
 
         findings = self._supported(model)
-        pixels, _ = self._batch(model, 3)
+        pixels = random_images(model, 3, size=self.image_size)
         queries = encode_queries(model, findings)
         whole = forward(model, pixels, queries)
         again = forward(model, pixels, queries)
@@ -362,7 +351,7 @@ class ModelPluginTests:
         `bf16_map_atol`, where a plugin sets it)."""
         import torch
 
-        pixels, _ = self._batch(model, 1)
+        pixels = random_images(model, 1, size=self.image_size)
         queries = encode_queries(model, self._supported(model))
         full = forward(model, pixels, queries)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -77,25 +77,16 @@ def tiny(tmp_path_factory):
 
 # ---- conformance -----------------------------------------------------------------------------------
 class TestBiomedCLIP(ModelPluginTests):
-    name = "biomedclip"
-    bf16_map_atol = 0.1
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def model(cls, biomed):
-        return biomed
-
-
-class TestTinyBiomedCLIP(ModelPluginTests):
-    """The same suite on the tiny config with a prompt ensemble (the ensemble path runs through it)."""
+    """The suite at full size and on the tiny config with a prompt ensemble (the ensemble path)."""
 
     name = "biomedclip"
     bf16_map_atol = 0.1
 
-    @pytest.fixture(scope="class")
+    @pytest.fixture(scope="class", params=["biomed", "tiny"])
     @classmethod
-    def model(cls, tiny):
-        return tiny[0]
+    def model(cls, request):
+        model = request.getfixturevalue(request.param)
+        return model[0] if request.param == "tiny" else model
 
 
 # ---- architecture ----------------------------------------------------------------------------------

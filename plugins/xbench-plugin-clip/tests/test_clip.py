@@ -53,24 +53,14 @@ def contiguous(state_dict):
 
 
 # ---- conformance ---------------------------------------------------------------------------------
-class TestCLIPViT(ModelPluginTests):
+class TestCLIP(ModelPluginTests):
     name = "clip"
     bf16_map_atol = 0.1
 
-    @pytest.fixture(scope="class")
+    @pytest.fixture(scope="class", params=["vit", "rn50"])
     @classmethod
-    def model(cls, vit):
-        return vit
-
-
-class TestCLIPRN50(ModelPluginTests):
-    name = "clip"
-    bf16_map_atol = 0.1
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def model(cls, rn50):
-        return rn50
+    def model(cls, request):
+        return request.getfixturevalue(request.param)
 
 
 # ---- architecture against the official key listings ----------------------------------------------

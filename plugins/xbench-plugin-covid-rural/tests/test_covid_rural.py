@@ -118,19 +118,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class TestCovidRural(DatasetPluginTests):
     name = "covid-rural"
 
-    @pytest.fixture(scope="class")
+    @pytest.fixture(scope="class", params=["combined", "separate"])
     @classmethod
-    def dataset(cls, repo: Path):
+    def dataset(cls, request, repo: Path):
+        if request.param == "separate":
+            return build(root=str(repo), findings="separate")
         return build(root=str(repo / "covid_rural_annot"))
-
-
-class TestCovidRuralSeparate(DatasetPluginTests):
-    name = "covid-rural"
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def dataset(cls, repo: Path):
-        return build(root=str(repo), findings="separate")
 
 
 def test_covid19_is_the_union_of_opacity_polygons(repo: Path) -> None:

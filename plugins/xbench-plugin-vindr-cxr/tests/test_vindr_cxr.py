@@ -165,31 +165,17 @@ def physionet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-class TestVinDrPhysioNetTest(DatasetPluginTests):
+class TestVinDr(DatasetPluginTests):
     name = "vindr-cxr"
 
-    @pytest.fixture(scope="class")
+    @pytest.fixture(scope="class", params=["physionet-test", "physionet-train-majority", "kaggle"])
     @classmethod
-    def dataset(cls, physionet: Path):
-        return build(root=str(physionet), split="test")
-
-
-class TestVinDrPhysioNetTrainMajority(DatasetPluginTests):
-    name = "vindr-cxr"
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def dataset(cls, physionet: Path):
+    def dataset(cls, request, physionet: Path, tmp_path_factory: pytest.TempPathFactory):
+        if request.param == "kaggle":
+            return build(root=str(write_kaggle(tmp_path_factory.mktemp("vindr-kaggle"))), split="train")
+        if request.param == "physionet-test":
+            return build(root=str(physionet), split="test")
         return build(root=str(physionet), split="train", readers="majority")
-
-
-class TestVinDrKaggle(DatasetPluginTests):
-    name = "vindr-cxr"
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def dataset(cls, tmp_path_factory: pytest.TempPathFactory):
-        return build(root=str(write_kaggle(tmp_path_factory.mktemp("vindr-kaggle"))), split="train")
 
 
 # ---------------------------------------------------------------------------------------------
