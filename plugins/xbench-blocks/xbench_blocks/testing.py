@@ -6,6 +6,7 @@ hold. Imports pytest: for test modules only."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,30 @@ class EntityQueryModelTests(ModelPluginTests):
         assert {path: path.stat().st_mtime_ns for path in queries.glob("*.safetensors")} == before
         assert torch.equal(getattr(again.module, self.book), getattr(model.module, self.book))
         assert any(queries.glob(f"{self.name}-*.safetensors"))
+
+    @pytest.mark.slow
+    def test_full_size_random_default_and_timing(self, tmp_path: Path, monkeypatch: Any) -> None:
+        """checkpoint=random with nothing else: a generated Bio_ClinicalBERT-shaped BERT, no file."""
+        monkeypatch.setenv("XBENCH_HOME", str(tmp_path / "home"))
+        spec = get_registry().models[self.name]
+        torch.set_num_threads(2)
+        start = time.perf_counter()
+        model = spec.build(checkpoint="random")
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        again = spec.build(checkpoint="random")
+        cached = time.perf_counter() - start
+        book = getattr(model.module, self.book)
+        assert torch.equal(book, getattr(again.module, self.book)) and book.shape[-1] == 768
+        assert model.text_encoder.random and model.text_encoder.folder is None
+        pixels = random_pixels(model, 8)
+        queries = model.encode_queries(["pneumonia", "pleural_effusion", "pneumothorax"])
+        with torch.inference_mode():
+            model.forward(pixels[:1], queries)
+            start = time.perf_counter()
+            model.forward(pixels, queries)
+            per_image = (time.perf_counter() - start) / 8
+        print(
+            f"\n{self.name}: build with query embedding {first:.1f} s, with the cache {cached:.1f} s, "
+            f"forward {per_image:.3f} s per image at batch 8 ({torch.get_num_threads()} threads)"
+        )

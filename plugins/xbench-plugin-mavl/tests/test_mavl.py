@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -290,32 +289,3 @@ def test_without_covid19_entries_covid19_is_unsupported(tmp_path) -> None:
     descriptions, aspects = _write_files(tmp_path, covid=False)
     assert "covid19" not in read_descriptions(descriptions)
     assert "covid19" not in read_aspects(aspects)
-
-
-# ---- full size, slow ------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_full_size_random_default_and_timing(tmp_path, monkeypatch) -> None:
-    """checkpoint=random with nothing else: a generated Bio_ClinicalBERT-shaped BERT, no file."""
-    monkeypatch.setenv("XBENCH_HOME", str(tmp_path / "home"))
-    torch.set_num_threads(2)
-    start = time.perf_counter()
-    model = SPEC.build(checkpoint="random")
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    again = SPEC.build(checkpoint="random")
-    cached = time.perf_counter() - start
-    assert torch.equal(model.module.concept_book, again.module.concept_book)
-    assert tuple(model.module.concept_book.shape) == (76 * 9, 768)
-    pixels = random_pixels(model, 8)
-    queries = model.encode_queries(["pneumonia", "pleural_effusion", "pneumothorax"])
-    with torch.inference_mode():
-        model.forward(pixels[:1], queries)
-        start = time.perf_counter()
-        model.forward(pixels, queries)
-        per_image = (time.perf_counter() - start) / 8
-    print(
-        f"\nMAVL: build with query embedding {first:.1f} s, with the cache {cached:.1f} s, "
-        f"forward {per_image:.3f} s per image at batch 8 ({torch.get_num_threads()} threads)"
-    )
