@@ -34,10 +34,6 @@ from xbench_core.testing import (
 torch.set_num_threads(2)
 
 
-def build(**options):
-    return SPEC.build(**options)
-
-
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
     return write_bert_folder(tmp_path_factory.mktemp("tiny-bert"), hidden_size=32)
@@ -46,7 +42,7 @@ def tiny_bert(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_model(tiny_bert):
     """Full-size ViT and decoder, tiny text encoder, random weights."""
-    return build(checkpoint="random", text_encoder=str(tiny_bert))
+    return SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
 
 
 def pixels_224(n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -76,12 +72,12 @@ def test_spec_says_the_architecture_is_unverified():
     assert "paper" in spec.note and "not been checked against released weights" in spec.note
     assert {o.name for o in spec.options} == {"checkpoint", "text_encoder", "attention_layers"}
     with pytest.raises(ConfigError, match="last, mean"):
-        build(checkpoint="random", attention_layers="first")
+        SPEC.build(checkpoint="random", attention_layers="first")
 
 
 # ---- architecture ---------------------------------------------------------------------------------
 def test_parts_shared_with_kad_match_kad_official_listings():
-    model = build(checkpoint="random")  # full-size Med-KEBERT shape, generated vocabulary
+    model = SPEC.build(checkpoint="random")  # full-size Med-KEBERT shape, generated vocabulary
     assert model.random_weights and len(model.tokenizer) == 30522
     text = model.module.text_encoder.state_dict()
     assert compare_with_key_listing(
@@ -136,7 +132,7 @@ def test_tokens_to_grid_is_row_major_without_class_token():
 # ---- checkpoint (through the one key table) -----------------------------------------------------
 @pytest.fixture(scope="module")
 def saved(tiny_bert, tmp_path_factory):
-    source = build(checkpoint="random", text_encoder=str(tiny_bert))
+    source = SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
     with torch.no_grad():  # cheap, and no fresh random model has these values
         for i, p in enumerate(source.module.parameters()):
             p.mul_(1.0 + 0.01 * (i % 7 + 1)).add_(0.001 * (i % 5 + 1))
@@ -155,7 +151,7 @@ def test_checkpoint_round_trip_is_exact(saved, tiny_bert, small_model):
     raw = torch.load(path, weights_only=True)
     assert {"image_encoder", "text_encoder", "model"} <= set(raw)
     assert "vit.encoder.layer.0.attention.attention.query.weight" in raw["image_encoder"]
-    loaded = build(checkpoint=str(path), text_encoder=str(tiny_bert))
+    loaded = SPEC.build(checkpoint=str(path), text_encoder=str(tiny_bert))
     assert not loaded.random_weights
     state = loaded.module.state_dict()
     for key, value in source.module.state_dict().items():
@@ -179,7 +175,7 @@ def test_adapting_to_another_layout_is_a_table_edit(saved, tiny_bert, tmp_path, 
     monkeypatch.setattr(devide_model, "CHECKPOINT_KEYS", flat)
     path = save_layout(source.module.state_dict(), tmp_path / "flat.pth")
     assert "module.visual.vit.layernorm.weight" in torch.load(path, weights_only=True)
-    loaded = build(checkpoint=str(path), text_encoder=str(tiny_bert))
+    loaded = SPEC.build(checkpoint=str(path), text_encoder=str(tiny_bert))
     torch.testing.assert_close(
         loaded.module.fusion.projection.weight, source.module.fusion.projection.weight
     )
@@ -190,7 +186,7 @@ def test_adapting_to_another_layout_is_a_table_edit(saved, tiny_bert, tmp_path, 
     }
     path = save_official_checkpoint(partial, tmp_path / "partial.pth")
     with pytest.raises(CheckpointError, match=r"/module\.unknown\.weight"):
-        build(checkpoint=str(path), text_encoder=str(tiny_bert))
+        SPEC.build(checkpoint=str(path), text_encoder=str(tiny_bert))
 
 
 def test_corrupted_checkpoint_lists_offending_keys(saved, tiny_bert, tmp_path):
@@ -200,7 +196,7 @@ def test_corrupted_checkpoint_lists_offending_keys(saved, tiny_bert, tmp_path):
     state["fusion.projection.weight"] = torch.zeros(256, 768)
     path = save_layout(state, tmp_path / "broken.pt")
     with pytest.raises(CheckpointError) as info:
-        build(checkpoint=str(path), text_encoder=str(tiny_bert))
+        SPEC.build(checkpoint=str(path), text_encoder=str(tiny_bert))
     message = str(info.value)
     assert "fusion.mlp_head.0.bias" in message
     assert (
@@ -213,7 +209,7 @@ def test_missing_checkpoint_says_it_is_not_public(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("XBENCH_DEVIDE_CHECKPOINT", raising=False)
     with pytest.raises(AssetError, match="not public"):
-        build()
+        SPEC.build()
 
 
 def test_key_table_covers_every_module_key(small_model):

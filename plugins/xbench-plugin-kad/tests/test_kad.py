@@ -38,10 +38,6 @@ LISTINGS = {
 }
 
 
-def build(**options):
-    return SPEC.build(**options)
-
-
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
     return write_bert_folder(tmp_path_factory.mktemp("tiny-bert"), hidden_size=32)
@@ -50,7 +46,7 @@ def tiny_bert(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_model(tiny_bert):
     """Full-size image encoder and decoder, tiny text encoder, random weights."""
-    return build(checkpoint="random", text_encoder=str(tiny_bert))
+    return SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
 
 
 def small_pixels(n: int = 2, size: int = 128, seed: int = 0) -> torch.Tensor:
@@ -84,14 +80,14 @@ def test_spec_declares_options_and_validates_resolution():
     assert {o.name for o in spec.options} == {"checkpoint", "text_encoder", "resolution"}
     assert spec.option("resolution").default == 512
     with pytest.raises(ConfigError, match="512, 1024"):
-        build(checkpoint="random", resolution=256)
+        SPEC.build(checkpoint="random", resolution=256)
     with pytest.raises(ConfigError, match="did you mean 'resolution'"):
-        build(checkpoint="random", resolutions=512)
+        SPEC.build(checkpoint="random", resolutions=512)
 
 
 # ---- official key layout --------------------------------------------------------------------------
 def test_full_size_state_dict_equals_official_listings():
-    model = build(checkpoint="random")  # full-size Med-KEBERT shape, generated vocabulary
+    model = SPEC.build(checkpoint="random")  # full-size Med-KEBERT shape, generated vocabulary
     assert model.random_weights and len(model.tokenizer) == 30522
     for ours, listing in LISTINGS.items():
         path = reference("checkpoint-keys", listing)
@@ -120,13 +116,13 @@ def test_resnet_matches_torchvision():
 def saved(tiny_bert, tmp_path_factory):
     """A best_valid.pt of perturbed weights (so that a fresh random model cannot pass for it),
     the model it came from, and the model loaded back from it through the factory."""
-    source = build(checkpoint="random", text_encoder=str(tiny_bert))
+    source = SPEC.build(checkpoint="random", text_encoder=str(tiny_bert))
     with torch.no_grad():  # cheap, and no fresh random model has these values
         for i, p in enumerate(source.module.parameters()):
             p.mul_(1.0 + 0.01 * (i % 7 + 1)).add_(0.001 * (i % 5 + 1))
     path = tmp_path_factory.mktemp("ckpt") / "best_valid.pt"
     save_official_checkpoint({}, path, extra=official_layout(source))
-    loaded = build(checkpoint=str(path), text_encoder=str(tiny_bert))
+    loaded = SPEC.build(checkpoint=str(path), text_encoder=str(tiny_bert))
     return source, path, loaded
 
 
@@ -195,7 +191,7 @@ def test_corrupted_checkpoint_lists_offending_keys(tiny_bert, tmp_path):
               "res_l3.weight": torch.zeros(3)}  # fmt: skip
     path = save_official_checkpoint(broken, tmp_path / "broken.pt", container="image_encoder")
     with pytest.raises(CheckpointError) as info:
-        build(checkpoint=str(path), text_encoder=str(tiny_bert))
+        SPEC.build(checkpoint=str(path), text_encoder=str(tiny_bert))
     message = str(info.value)
     for text in ("'image_encoder'", "missing keys", "resnet.bn1.weight", "res_l3.weight",
                  "res_l2.weight: model expects (768, 2048), checkpoint has (10, 2048)"):  # fmt: skip
@@ -207,7 +203,7 @@ def test_checkpoint_without_the_sub_dicts_is_refused(tmp_path, tiny_bert):
         {}, tmp_path / "other.pt", extra={"state_dict": {"w": torch.zeros(2)}}
     )
     with pytest.raises(CheckpointError, match="image_encoder"):
-        build(checkpoint=str(path), text_encoder=str(tiny_bert))
+        SPEC.build(checkpoint=str(path), text_encoder=str(tiny_bert))
 
 
 def test_missing_checkpoint_says_where_to_get_it(tmp_path, monkeypatch):
@@ -215,9 +211,9 @@ def test_missing_checkpoint_says_where_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("XBENCH_KAD_CHECKPOINT", raising=False)
     with pytest.raises(AssetError, match="1xWVVJRfnm_wIgUpbn9ftsW4K5XKU0i0-"):
-        build()
+        SPEC.build()
     with pytest.raises(AssetError, match="does not exist"):
-        build(checkpoint=str(tmp_path / "nope.pt"))
+        SPEC.build(checkpoint=str(tmp_path / "nope.pt"))
 
 
 # ---- preprocessing ------------------------------------------------------------------------------
@@ -251,7 +247,7 @@ def test_logits_are_differentiable_and_match_scores(small_model):
 
 @pytest.mark.slow
 def test_kad_1024_gives_32x32_maps(tiny_bert):
-    model = build(checkpoint="random", text_encoder=str(tiny_bert), resolution=1024)
+    model = SPEC.build(checkpoint="random", text_encoder=str(tiny_bert), resolution=1024)
     pixels, geometry = model.preprocess(
         np.random.default_rng(0).random((400, 300), dtype=np.float32)
     )
