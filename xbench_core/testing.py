@@ -363,6 +363,21 @@ class ModelPluginTests:
             if self.bf16_map_atol is not None:
                 torch.testing.assert_close(maps, full.maps[kind], rtol=0, atol=self.bf16_map_atol)
 
+    def test_logits_are_differentiable_and_match_scores(self, model: Model) -> None:
+        """`logits` (for gradient explainers) carry gradients to the pixels, and their sigmoid is
+        the score `forward` gives."""
+        import torch
+
+        if "logits" not in model.capabilities():
+            pytest.skip("the model has no logits")
+        queries = encode_queries(model, self._supported(model))
+        pixels = random_images(model, 2, seed=5, size=self.image_size).requires_grad_(True)
+        logits = model.logits(pixels, queries)
+        (grad,) = torch.autograd.grad(logits[:, -1].sum(), pixels)  # no .grad left on the model
+        assert float(grad.abs().sum()) > 0
+        scores = forward(model, pixels.detach(), queries).scores
+        torch.testing.assert_close(torch.sigmoid(logits.detach()), scores, rtol=1e-5, atol=1e-6)
+
     def test_unsupported_findings_are_not_scored(self, model: Model) -> None:
         assert not model.supports("definitely_not_a_finding")
 
