@@ -91,11 +91,6 @@ class Conformance(ModelPluginTests):
     def model(cls, models):
         return models[cls.family]
 
-    # Found by the suite's bf16 check: under CPU bf16 autocast the rollout's bf16 rows are written
-    # into float32 maps (RuntimeError in model.py); not checked on a GPU. Remove when fixed.
-    @pytest.mark.xfail(strict=True, raises=RuntimeError, reason="bf16 rollout rows, float32 maps")
-    def test_bf16_autocast(self, model) -> None:
-        super().test_bf16_autocast(model)
 
 
 class TestQwenConformance(Conformance):
