@@ -359,9 +359,7 @@ def _grounding(entry: MapEntry | None, region: Any, original: tuple[int, int], s
     else:  # a cheXlocalize pickle's map covers the whole CXR whatever --frame says
         geometry = frame_geometry(("original", ()) if entry.original_size is not None else frame, original, values.shape)
     mask = region.rasterize(size)
-    import torch
-
-    st = evaluate_maps(torch.from_numpy(values[None]), geometry, size, [mask]).rows()[0]
+    st = evaluate_maps(values[None], geometry, size, [mask]).rows()[0]
     if st["region_px"] == 0:
         return {"error": "region is empty at the eval frame (raise grounding.eval_size)"}
     if cfg.protocol.name != "xbench":

@@ -108,7 +108,7 @@ def protocol(d: FindingData) -> dict:
             from ..protocols import MAVL_THRESHOLDS
 
             dice, iou = _mavl_curves(d)
-            k = int(first_argmax(dice.mean(axis=0)[None])[0])  # the resamples' tie rule (extra_resamples)
+            k = int(first_argmax(dice.mean(axis=0)[None])[0])  # the tie rule of its resample hook
             out.update({"mavl_iou": float(iou[:, k].mean()), "mavl_dice": float(dice[:, k].mean()),
                         "mavl_threshold": float(MAVL_THRESHOLDS[k]),
                         "mavl_pointing": _mean(d, "mavl_pointing", reason)})
@@ -203,8 +203,3 @@ cnr.resample = lambda d, weights: _mean_resamples(d, weights, ("cnr",))  # type:
 miou_raw.resample = lambda d, weights: _mean_resamples(d, weights, ("miou_raw",))  # type: ignore[attr-defined]
 pixel_prs.resample = _pixel_resamples  # type: ignore[attr-defined]
 protocol.resample = _protocol_resamples  # type: ignore[attr-defined]
-
-
-def extra_resamples(d: FindingData, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """Every extra field of every resample ([B] each, NaN where undefined); `weights` [B, m]."""
-    return {k: v for m in (cnr, miou_raw, pixel_prs, protocol) for k, v in m.resample(d, weights).items()}  # type: ignore[attr-defined]

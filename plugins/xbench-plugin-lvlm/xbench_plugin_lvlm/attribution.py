@@ -37,10 +37,11 @@ def rollout(layers: Any, lengths: Any, image_positions: Any) -> Any:
     eye = torch.eye(length, device=device)
     r = torch.zeros((s, 1, length), device=device)
     r[torch.arange(s, device=device), 0, lengths - 1] = 1.0
-    for attention in reversed(layers):
-        a = attention.float().mean(1) + eye
-        a = a / a.sum(-1, keepdim=True)
-        r = r @ a
+    with torch.autocast(device.type, enabled=False):  # float32 products under bf16 autocast too
+        for attention in reversed(layers):
+            a = attention.float().mean(1) + eye
+            a = a / a.sum(-1, keepdim=True)
+            r = r @ a
     return r[:, 0, image_positions]
 
 

@@ -362,16 +362,15 @@ class LVLM(Model):
         for chunk, rows, layers, above in kept:
             bi, fi = chunk[:, 0], chunk[:, 1]
             answer = [answer_attention(a, rows, queries.image_positions) for a in layers]
-            # float32 maps whatever the attention's dtype (bf16 under autocast)
-            out["cross_attention"][bi, fi] = answer[-1].float()
-            out["attention_mean"][bi, fi] = torch.stack(answer).float().mean(0)
+            out["cross_attention"][bi, fi] = answer[-1]
+            out["attention_mean"][bi, fi] = torch.stack(answer).mean(0)
             full = rows + (layers[0].shape[-1] - layers[0].shape[-2])  # answer rows in the whole sequence
             if above is not None:  # full [n, 1, L, L], heads averaged: the prefix rows (padded to L keys) on top
                 layers = [
                     torch.cat([pad(top[bi], (0, a.shape[-1] - top.shape[-1])), a.float().mean(1)], -2)[:, None]
                     for top, a in zip(above, layers)
                 ]
-            out["rollout"][bi, fi] = rollout(layers, full, queries.image_positions).float()
+            out["rollout"][bi, fi] = rollout(layers, full, queries.image_positions)
         return {k: v.reshape(b, f, *self.grid) for k, v in out.items()}
 
     def forward(self, pixels: Any, queries: Queries) -> ModelOutput:
