@@ -104,7 +104,7 @@ class Phases:
         self.patches.append((owner, name, original))
 
     def wrap_loader(self, runner_cls: Any) -> None:
-        original = runner_cls._loader
+        original = runner_cls._batches
         spent = self.spent
 
         def loader(runner: Any, *args: Any, **kwargs: Any) -> Any:
@@ -123,8 +123,8 @@ class Phases:
 
             return batches()
 
-        runner_cls._loader = loader
-        self.patches.append((runner_cls, "_loader", original))
+        runner_cls._batches = loader
+        self.patches.append((runner_cls, "_batches", original))
 
     def undo(self) -> None:
         for owner, name, original in reversed(self.patches):

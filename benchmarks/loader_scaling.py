@@ -5,17 +5,21 @@ Two workloads over synthetic DICOMs, each run with workers = 0, 1, ..., --max-wo
   decoded by pydicom in Python; grounding capped at an eval size of 512), so decoding dominates;
 - forward-bound: CLIP ViT-B/16 at random weights (when installed) on 1024x1024 DICOMs.
 
-Two processes run them, side by side: one as runs do now, one with glibc's allocator left at its
-defaults (`reuse_freed_memory` off), which also runs every worker count with torch's intra-op pool
-shrunk to cores minus workers: that process is the runner before issue 22. Every configuration runs
---repeats times, round-robin over both processes (so a change in the machine's load hits every
-configuration alike), after one warm-up run per workload and process (imports, file system cache);
-the median time counts. The decode share is the serial decode time of the images over the 0-worker
-run.
+Three processes run them, side by side:
+- "now": runs as they are. On the CPU the workers start after the first batch, and only when its
+  decoding was at least `WORKER_SHARE` of its loop (the runner's `_cpu_batches`);
+- "workers always start": `WORKER_SHARE` 0, so the workers always start, as before that rule;
+- "default allocator": glibc's allocator left at its defaults (`reuse_freed_memory` off) and the
+  workers always started; it also runs every worker count with torch's intra-op pool shrunk to cores
+  minus workers: that is the runner before issue 22.
+Every configuration runs --repeats times, round-robin over the processes (so a change in the
+machine's load hits every configuration alike), after one warm-up run per workload and process
+(imports, file system cache); the median time counts. The decode share is the serial decode time of
+the images over the 0-worker run.
 
-Last lines: `before issue 22 (...)`, `default allocator (...)`, then `loader_best_vs_0: decode-bound
-<x> (w workers), forward-bound <y> (w workers)`: the images/s of the best worker count >= 1 over 0
-workers in the same process, for each workload.
+Last lines: `before issue 22 (...)`, `default allocator (...)`, `workers always start (...)`, then
+`loader_best_vs_0: decode-bound <x> (w workers), forward-bound <y> (w workers)`: the images/s of the
+best worker count >= 1 over 0 workers in the same process, for each workload.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from synthetic import best_model, install_plugin, timed_run, write_dicoms
 from xbench_core import get_registry
 from xbench_core.io import read_image
 
-VARIANTS = ("now", "default allocator")
+VARIANTS = ("now", "workers always start", "default allocator")
 
 
 def run_time(registry, root: Path, model: dict, workers: int, batch: int, out: Path, cap: int | None,
@@ -57,9 +61,11 @@ def run_time(registry, root: Path, model: dict, workers: int, batch: int, out: P
 
 def serve(variant: str, plugin: Path) -> None:
     """A measuring process: runs the JSON requests of its standard input, answers seconds."""
-    if variant == "default allocator":
-        from xbench_core.engine import runner
+    from xbench_core.engine import runner
 
+    if variant != "now":
+        runner.WORKER_SHARE = 0.0
+    if variant == "default allocator":
         runner.reuse_freed_memory = lambda: False
     install_plugin(plugin)
     registry = get_registry(refresh=True)
@@ -113,7 +119,7 @@ def workload(label: str, servers: dict, root: Path, model: dict, args, tmp: Path
         read_image(f)
     decode = time.perf_counter() - start
     counts = list(range(args.max_workers + 1))
-    configs = [(v, w, False) for v in VARIANTS for w in counts] + [(VARIANTS[1], w, True) for w in counts[1:]]
+    configs = [(v, w, False) for v in VARIANTS for w in counts] + [(VARIANTS[2], w, True) for w in counts[1:]]
     times: dict[tuple, list[float]] = {c: [] for c in configs}
     for _ in range(args.repeats):
         for v, w, shrink in configs:
@@ -130,7 +136,8 @@ def workload(label: str, servers: dict, root: Path, model: dict, args, tmp: Path
         w = min(counts[1:], key=lambda w: median[(v, w, shrink)])
         return median[(v, 0, False)] / median[(v, w, shrink)], w
 
-    return {"now": best("now", False), "default": best(VARIANTS[1], False), "before": best(VARIANTS[1], True)}
+    return {"now": best("now", False), "always": best(VARIANTS[1], False), "default": best(VARIANTS[2], False),
+            "before": best(VARIANTS[2], True)}
 
 
 def main() -> None:
@@ -171,7 +178,8 @@ def main() -> None:
             return ", ".join(f"{k} {r[key][0]:.2f} ({r[key][1]} workers)" for k, r in result.items())
 
         print(f"before issue 22 (default allocator, torch's pool shrunk by the workers): {line('before')}")
-        print(f"default allocator (reuse_freed_memory off): {line('default')}")
+        print(f"default allocator (reuse_freed_memory off, workers always start): {line('default')}")
+        print(f"workers always start (WORKER_SHARE 0): {line('always')}")
         print(f"loader_best_vs_0: {line('now')}")
     finally:
         for server in servers.values():

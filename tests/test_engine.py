@@ -78,6 +78,25 @@ def test_results_independent_of_batch_size_and_workers(tmp_path: Path) -> None:
     assert _rows(a) == _rows(b)
 
 
+@pytest.mark.parametrize(("share", "loader"), [(0.0, "2 workers from the second batch"), (1.01, "in process: decoding was")])
+def test_cpu_workers_start_only_where_decoding_counts(tmp_path: Path, monkeypatch: Any, share: float, loader: str) -> None:
+    """On the CPU the first batch is decoded in the main process and timed; the workers start for
+    the rest only when decoding was at least WORKER_SHARE of its loop. Records are the same either
+    way, and the manifest says where each dataset was decoded."""
+    from xbench_core.engine import runner
+
+    monkeypatch.setattr(runner, "WORKER_SHARE", share)
+    store, a = execute(_cfg(tmp_path / "a", device="cpu", workers=2), get_registry(), quiet=True)
+    _, b = execute(_cfg(tmp_path / "b", device="cpu", batch_size=1, workers=0), get_registry(), quiet=True)
+    assert _rows(a) == _rows(b)
+    manifest = json.loads((store.directory / "manifest.json").read_text())
+    assert manifest["datasets"]["phantom"]["loader"].startswith(loader)
+    store, one = execute(_cfg(tmp_path / "c", device="cpu", batch_size=14, workers=2), get_registry(), quiet=True)
+    assert _rows(one) == _rows(b)
+    manifest = json.loads((store.directory / "manifest.json").read_text())
+    assert manifest["datasets"]["phantom"]["loader"] == "in process: one batch"
+
+
 def test_grounding_counts_match_direct_computation(tmp_path: Path) -> None:
     """The center baseline's stats for one image equal a hand computation from the phantom mask."""
 

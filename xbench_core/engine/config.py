@@ -20,7 +20,7 @@ TOP_LEVEL = {
     "device": "auto | cpu | cuda | cuda:N | mps",
     "precision": "fp32 | bf16 | fp16 (autocast on accelerators)",
     "batch_size": "images per batch, or auto (accelerators: up to 64, halved per model on out-of-memory)",
-    "workers": "data-loading worker processes",
+    "workers": "data-loading worker processes (on the CPU only where decoding is >= 10% of the loop)",
     "limit": "evaluate only the first N images of each dataset (by sorted id)",
     "seed": "seed recorded in the manifest and given to seeded components",
     "datasets": "list of {name, root, split, ...options}",

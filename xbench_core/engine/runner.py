@@ -1,11 +1,12 @@
 """The run loop: one pass over each dataset's images shared by every model and explainer.
 
 Per dataset: build the models (once per run) and their queries (once per dataset); plan the
-samples still to do (resume); decode and preprocess in loader workers (each image decoded once,
-preprocessed once per model, its regions rasterized once at the eval frame); per batch and model,
-one forward pass on the device, each explainer's maps, the grounding statistics on the device;
-records appended and flushed per batch. Anything that fails for one sample becomes an error record
-and the run goes on (`fail_fast` stops instead).
+samples still to do (resume); decode and preprocess in loader workers (on the CPU only where
+decoding is a noticeable share of the loop), each image decoded once, preprocessed once per model,
+its regions rasterized once at the eval frame; per batch and model, one forward pass on the device,
+each explainer's maps, the grounding statistics on the device; records appended and flushed per
+batch. Anything that fails for one sample becomes an error record and the run goes on (`fail_fast`
+stops instead).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from .plan import DatasetPlan, plan_dataset
 from .problems import summarize_problems
 from .shapes import maps_problem, scores_problem
 from .transfer import pack_masks, unpack_masks
+
+# On the CPU, loader workers start only when decoding is at least this share of the loop (_cpu_batches)
+WORKER_SHARE = 0.1
 
 
 @dataclass
@@ -222,30 +226,70 @@ class Runner:
             }
             if not todo:
                 continue
-            self._run_dataset(dataset, models, findings, todo, comp)
+            self._run_dataset(dataset, models, findings, todo, comp, self.info["datasets"][key])
         self.store.close()
         return self.info
 
-    def _loader(self, dataset: Any, models: list[ModelRun], todo: list[int], comp: Any) -> Any:
-        from torch.utils.data import DataLoader
-
+    def _items(self, dataset: Any, models: list[ModelRun], todo: list[int], comp: Any) -> Items:
         cache = None
         if self.cfg.image_cache is not None:
             from .image_cache import ImageCache
 
             spec = self.registry.datasets[comp.name]
             cache = ImageCache.for_dataset(self.cfg.image_cache, dataset, spec, comp.options)
-        items = Items(dataset, todo, models, self.cfg.eval_size, cache)
+        return Items(dataset, todo, models, self.cfg.eval_size, cache)
+
+    def _loader(self, items: Items, workers: int) -> Any:
+        from torch.utils.data import DataLoader
+
         return DataLoader(
             items,
             batch_size=self.loader_batch,
             shuffle=False,
-            num_workers=self.cfg.workers,
+            num_workers=workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
-            prefetch_factor=2 if self.cfg.workers > 0 else None,
+            prefetch_factor=2 if workers > 0 else None,
         )
+
+    def _batches(self, items: Items, info: dict[str, Any]) -> Any:
+        """The batches of `items`, decoded by the configured loader workers; `info` (the dataset's
+        entry in the manifest) says where they were decoded. On an accelerator the workers start
+        at once, so they decode the first batches while the models encode their queries."""
+        workers = self.cfg.workers
+        if workers and self.device.type == "cpu":
+            return self._cpu_batches(items, workers, info)
+        info["loader"] = f"{workers} workers" if workers else "in process"
+        return iter(self._loader(items, workers))
+
+    def _cpu_batches(self, items: Items, workers: int, info: dict[str, Any]) -> Any:
+        """On the CPU the workers compete with the forward pass for the same cores, and their start
+        (a fork whose pages this process then copies as it writes them) costs more than they save
+        when decoding is a small part of the loop (issue 22: 0.95x with 1 or 2 workers for CLIP on
+        2 cores, where decoding is 1% of the loop). So the first batch is decoded here and timed,
+        and the workers start for the rest only when that decoding (with preprocessing and
+        rasterizing) was at least WORKER_SHARE of the batch's whole loop (forward, maps, grounding,
+        records included); otherwise this process decodes on."""
+        n = min(self.loader_batch, len(items))
+        start = time.perf_counter()
+        first = [items[i] for i in range(n)]
+        decode = time.perf_counter() - start
+        start = time.perf_counter()
+        yield first
+        if n == len(items):
+            info["loader"] = "in process: one batch"
+            return
+        share = decode / max(decode + time.perf_counter() - start, 1e-9)
+        if share < WORKER_SHARE:
+            workers = 0
+            info["loader"] = (f"in process: decoding was {share:.0%} of the first batch's loop "
+                              f"(loader workers start from {WORKER_SHARE:.0%})")
+        else:
+            info["loader"] = f"{workers} workers from the second batch (decoding was {share:.0%} of the first's loop)"
+        rest = copy.copy(items)
+        rest.indices = items.indices[n:]
+        yield from self._loader(rest, workers)
 
     def _run_dataset(
         self,
@@ -254,11 +298,12 @@ class Runner:
         findings: dict[str, list[str]],
         todo: list[int],
         comp: Any,
+        info: dict[str, Any],
     ) -> None:
         from tqdm import tqdm
 
-        # loader workers start on the first batches while the models encode their queries
-        batches = iter(self._loader(dataset, models, todo, comp))
+        # on an accelerator, loader workers start on the first batches while the models encode their queries
+        batches = iter(self._batches(self._items(dataset, models, todo, comp), info))
         queries = {m.name: calls.encode_queries(m.model, findings[m.name]) for m in models}
 
         where = (dataset.name, comp.options.get("split"))
