@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from xbench_blocks.prompts import PROMPT_PHRASES, check_templates, fill
+from xbench_blocks.text import BERT_BASE
 
 from xbench_core import (
     AssetError,
@@ -68,15 +69,7 @@ TEXT_DROP = ("bert.embeddings.position_ids",)
 RANDOM_SEED = 0
 
 # CXR-BERT: BERT-base, uncased, its own 30522-token vocabulary, projection to 128.
-BERT_BASE: dict[str, Any] = {
-    "vocab_size": 30522,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 512,
-    "projection_size": 128,
-}
+CXR_BERT_SHAPE: dict[str, Any] = {"vocab_size": 30522, **BERT_BASE, "projection_size": 128}
 
 
 @dataclass(frozen=True)
@@ -188,7 +181,7 @@ class BioViL(Model):
                 text["vocab.txt"], text.get("tokenizer_config.json"), Path(scratch)
             )
             config_dict = _read_json(text["config.json"])
-        projection = int(config_dict.get("projection_size", BERT_BASE["projection_size"]))
+        projection = int(config_dict.get("projection_size", CXR_BERT_SHAPE["projection_size"]))
         config = BertConfig(**{k: v for k, v in config_dict.items() if k not in _NOT_BERT})
         if self.tokenizer.vocab_size != config.vocab_size:
             raise AssetError(
@@ -232,7 +225,7 @@ class BioViL(Model):
         if given is None and self.random_weights:
             from xbench_blocks.text import write_bert_folder
 
-            write_bert_folder(scratch, **BERT_BASE)
+            write_bert_folder(scratch, **CXR_BERT_SHAPE)
             return {"vocab.txt": scratch / "vocab.txt", "config.json": scratch / "config.json"}
         if given and Path(given).expanduser().is_dir():
             folder = Path(given).expanduser()
