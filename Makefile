@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check xbench_core tests plugins benchmarks
 
 typecheck: $(STAMP)
-	$(PY) -m pip install -q mypy && $(PY) -m mypy xbench_core
+	$(PY) -m mypy xbench_core
 
 packages:  ## CI: build every wheel and sdist, twine check, non-editable install in fresh venvs, the core alone
 	.ci/packages

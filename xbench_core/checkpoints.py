@@ -461,7 +461,7 @@ def _navigate(obj: Any, container: str | Sequence[str] | None, file: Path) -> Ma
             "weights."
         )
     path = [container] if isinstance(container, str) else list(container)
-    node, walked = obj, []
+    node, walked = obj, list[Any]()
     for key in path:
         mapping = _as_mapping(node)
         if isinstance(node, (list, tuple)) and str(key).isdigit() and int(key) < len(node):
@@ -628,7 +628,7 @@ def load_state_dict_strict(module: Any, state_dict: dict[str, Any], *, source: s
     Keys and shapes are compared with `module.state_dict()` before anything is copied, so a
     mismatch leaves the module untouched. `source` names the checkpoint in the message.
     """
-    from torch.nn.parameter import UninitializedTensorMixin
+    from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
 
     expected = module.state_dict()
     # torch fills BatchNorm's num_batches_tracked itself when a state_dict carries no version

@@ -125,12 +125,12 @@ def to_eval_frame(maps: Any, geometry: Geometry, eval_size: tuple[int, int]) -> 
     import torch
 
     maps = maps.float()
-    out = torch.matmul(torch.from_numpy(wy).to(maps.device), torch.matmul(maps, torch.from_numpy(wx).to(maps.device).T))
+    frame = torch.matmul(torch.from_numpy(wy).to(maps.device), torch.matmul(maps, torch.from_numpy(wx).to(maps.device).T))
     if outside_rows.size or outside_cols.size:
         low = maps.flatten(1).amin(dim=1).view(-1, 1, 1)
-        out[:, torch.from_numpy(outside_rows).to(maps.device), :] = low
-        out[:, :, torch.from_numpy(outside_cols).to(maps.device)] = low
-    return out
+        frame[:, torch.from_numpy(outside_rows).to(maps.device), :] = low
+        frame[:, :, torch.from_numpy(outside_cols).to(maps.device)] = low
+    return frame
 
 
 def normalize(maps: Any) -> tuple[Any, Any]:
@@ -319,10 +319,10 @@ def _stats_numpy(maps: np.ndarray, masks: np.ndarray) -> GroundingStats:
         pointing_first[i] = float(masks[i].reshape(-1)[int(np.argmax(v))])
         mass = float(v.sum(dtype=np.float64))
         ebpg[i] = float(v[inside].sum(dtype=np.float64)) / mass if mass > 0 else inside.size / total
-    t = torch.from_numpy
+    tensor = torch.from_numpy
     return GroundingStats(
-        t(hits_all), t(hits_region), t(region_px), torch.full((n,), total, dtype=torch.int64),
-        t(pointing), t(ebpg), t(constant), t(pointing_any), t(pointing_first),
+        tensor(hits_all), tensor(hits_region), tensor(region_px), torch.full((n,), total, dtype=torch.int64),
+        tensor(pointing), tensor(ebpg), tensor(constant), tensor(pointing_any), tensor(pointing_first),
     )
 
 
@@ -406,10 +406,11 @@ def _stats_on_device(frame: Any, regions: Any) -> GroundingStats:
         if 0 < n_in < ints["total"][i] and h["cnr_spread"][i] > 0:
             cnr = float(h["cnr_num"][i] / h["cnr_spread"][i])
         extra.append({"cnr": cnr, "miou_raw": _mean_iou(ints["tp"][i], ints["pred"][i], n_in)})
-    t = torch.from_numpy
+    tensor = torch.from_numpy
     return GroundingStats(
-        t(ints["hits_all"]), t(ints["hits_region"]), t(ints["region_px"]), t(ints["total"]), t(h["pointing"]),
-        t(h["ebpg"]), t(h["constant"] > 0), t(h["pointing_any"]), t(h["pointing_first"]), extra,
+        tensor(ints["hits_all"]), tensor(ints["hits_region"]), tensor(ints["region_px"]), tensor(ints["total"]),
+        tensor(h["pointing"]), tensor(h["ebpg"]), tensor(h["constant"] > 0), tensor(h["pointing_any"]),
+        tensor(h["pointing_first"]), extra,
     )
 
 

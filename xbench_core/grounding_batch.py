@@ -67,6 +67,7 @@ def _frames(maps: Any, geometries: Sequence[Geometry], size: Size, members: list
         by_geometry[g].append(k)
     if len(by_geometry) == 1:
         return to_eval_frame(maps[members], geometries[0], size)
+    out: Any
     if isinstance(maps, np.ndarray):
         out = np.empty((len(members), *size), np.float32)
     else:

@@ -197,7 +197,7 @@ def _load(strict: bool) -> Registry:
     return registry
 
 
-def _add(registry: Registry, kind: str, spec: Any, dist: Distribution, spec_type: type) -> None:
+def _add(registry: Registry, kind: str, spec: Any, dist: Distribution, spec_type: type[Any]) -> None:
     if not isinstance(spec, spec_type):
         raise PluginError(
             f"plugin {dist.name!r} registered {type(spec).__name__} through the {kind} hook; "

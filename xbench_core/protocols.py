@@ -265,7 +265,7 @@ def region_in_input_frame(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
 
 def map_to_input_frame(values: np.ndarray, geometry: Geometry, mode: str) -> np.ndarray:
     """A map on its own grid (e.g. 14x14 patches) to the model-input frame (e.g. 224x224)."""
-    size = tuple(geometry.input_size)
+    size = (int(geometry.input_size[0]), int(geometry.input_size[1]))
     if values.shape == size:
         return values.astype(np.float32, copy=False)
     if mode == "nearest":

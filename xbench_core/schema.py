@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 if TYPE_CHECKING:  # Python 3.11+ (typing_extensions before); only the type checker reads it
-    from typing import NotRequired
+    from typing_extensions import NotRequired
 
 MEAN = "__mean__"  # the `finding` of a group's mean row in results.json
 SCHEMA_VERSION = 2  # manifests of runs whose records carry `split`; before: no `schema` key
@@ -149,7 +149,7 @@ def assemble_results(
         split_of=split_of,
     )
     body["analysis"]["warnings"] = list(warnings or [])
-    return {  # type: ignore[typeddict-item]
+    results: dict[str, Any] = {
         "xbench": xbench,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **source,
@@ -161,3 +161,4 @@ def assemble_results(
         **({"problems": dict(problems)} if problems else {}),
         **body,
     }
+    return cast(Results, results)

@@ -32,12 +32,15 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ConfigError, DataError
 from .geometry import Geometry
+
+if TYPE_CHECKING:
+    from .schema import Record
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".safetensors", ".pt", ".pth", ".bin")
 CHEXPERT_TASKS = (  # cheXlocalize eval_constants.CHEXPERT_TASKS: the order of a 14-vector `prob`
@@ -281,7 +284,7 @@ def score_records(
     dataset: Any, maps: dict[tuple[str, str], MapEntry], scores: dict[tuple[str, str], float],
     *, frame: tuple[str, tuple[int, ...]], cfg: Any, model: str, explainer: str,
     problems: list[dict[str, str]], split: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Record]:
     """The records of every dataset image that has a map or a score, as the runner writes them."""
     from .engine.runner import eval_size
     from .grounding import evaluate_maps
@@ -291,19 +294,19 @@ def score_records(
     ids = dataset.ids()
     known = set(ids)
     wanted = {i for i, _ in maps} | {i for i, _ in scores}
-    for (i, _finding), entry in sorted(maps.items()):
+    for (i, _finding), given in sorted(maps.items()):
         if i not in known:
-            problems.append({"file": entry.file, "problem": f"{i}: not an image of {dataset.name}; skipped"})
+            problems.append({"file": given.file, "problem": f"{i}: not an image of {dataset.name}; skipped"})
     for i, _finding in sorted(scores):
         if i not in known:
             problems.append({"file": "--scores", "problem": f"{i}: not an image of {dataset.name}; skipped"})
     by_image: dict[str, list[tuple[str, MapEntry]]] = defaultdict(list)
-    for (i, f), entry in maps.items():
-        by_image[i].append((f, entry))
+    for (i, f), given in maps.items():
+        by_image[i].append((f, given))
     order = sorted(range(len(ids)), key=lambda k: ids[k])
     if cfg.limit is not None:
         order = order[: cfg.limit]
-    records: list[dict[str, Any]] = []
+    records: list[Record] = []
     for index in order:
         if ids[index] not in wanted:
             continue
@@ -328,9 +331,9 @@ def score_records(
             elif row.get("error") and label == 1 and region is not None:
                 problems.append({"file": "--maps", "problem": f"{sid} / {f}: {row['error']}"})
             rows[f] = row
-        for f, entry in by_image.get(sid, []):
+        for f, unlabeled in by_image.get(sid, []):
             if f not in rows:
-                problems.append({"file": entry.file, "problem": f"{sid} / {f}: the dataset has no label for it; skipped"})
+                problems.append({"file": unlabeled.file, "problem": f"{sid} / {f}: the dataset has no label for it; skipped"})
         for f, row in rows.items():
             records.append(make_record(dataset.name, split, sid, model, explainer, f, len(rows), **row))
         if not rows:
@@ -434,7 +437,7 @@ def run_score(args: Any, registry: Any) -> int:
         "problems": problems,
     }
     store.write_json(store.manifest_path, manifest)
-    by_sample: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_sample: dict[str, list[Record]] = defaultdict(list)
     for r in records:
         by_sample[r["id"]].append(r)
     for sid in sorted(by_sample):

@@ -194,7 +194,7 @@ class DatasetSpec(_Spec):
 class ModelSpec(_Spec):
     """A model: the kind of its native map and what it offers to explainers."""
 
-    map_kind: Literal["similarity", "cross_attention", "prior", "random"] = "similarity"
+    map_kind: Literal["similarity", "cross_attention", "prior", "random", "contrast"] = "similarity"
     capabilities: frozenset[str] = frozenset()  # e.g. {"logits", "feature_layers"}
     note: str = ""  # a caveat shown by `xbench list` and recorded in the manifest
 

@@ -4,7 +4,7 @@ dataset, the `random`, `center` and `contrast` reference models, the `native` ex
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from ..hookspecs import hookimpl
 from ..types import DatasetSpec, ExplainerSpec, MetricSpec, ModelSpec, Option
@@ -85,7 +85,9 @@ def _metric(name: str, module: str = "builtin") -> Callable[[], Any]:
     return factory
 
 
-_METRICS = (
+# (name, kind, fields, summary)
+_Metric = tuple[str, Literal["grounding", "classification"], tuple[str, ...], str]
+_METRICS: tuple[_Metric, ...] = (
     ("pointing_game", "grounding", ("pointing_game",), "Share of maps whose peak lies in the region (ties shared)"),
     ("ebpg", "grounding", ("ebpg",), "Energy-based pointing game: share of the map's mass in the region"),
     ("dice", "grounding", ("dice_fixed", "dice_best", "best_threshold"), "Dice at the fixed and at the best threshold"),
@@ -98,7 +100,7 @@ _METRICS = (
 
 
 # metrics/extra.py: peers' metrics and the grounding protocols' values
-_EXTRA_METRICS = (
+_EXTRA_METRICS: tuple[_Metric, ...] = (
     ("cnr", "grounding", ("cnr",), "Contrast-to-noise ratio |mean_in - mean_out| / sqrt(var_in + var_out) (BioViL, MS-CXR)"),
     ("miou_raw", "grounding", ("miou_raw",), "Mean IoU over the raw thresholds 0.1..0.5 (MS-CXR, cosine maps)"),
     ("pixel_prs", "grounding", ("pixel_precision", "pixel_recall", "pixel_specificity"),

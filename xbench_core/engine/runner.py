@@ -243,7 +243,7 @@ class Runner:
         from torch.utils.data import DataLoader
 
         return DataLoader(
-            items,
+            items,  # type: ignore[arg-type]  # a map-style dataset (torch is imported lazily here)
             batch_size=self.loader_batch,
             shuffle=False,
             num_workers=workers,
@@ -373,10 +373,13 @@ class Runner:
             for it in good:
                 self._fail(where, m, it["id"], f"forward failed: {_reason(exc, len(good))}")
             return
-        if columns is None:
-            part = self._faithful(lambda: self.faithfulness.part(m.model, pixels, queries, scores, findings, good, m.name), len(good))
+        fp = self.faithfulness
+        if fp is None:
+            part = None
+        elif columns is None:
+            part = self._faithful(lambda: fp.part(m.model, pixels, queries, scores, findings, good, m.name), len(good))
         else:  # its passes read finding columns, not phrases': not run at all
-            part = None if self.faithfulness is None else "faithfulness is not computed for phrase queries"
+            part = "faithfulness is not computed for phrase queries"
         for ename, explainer, espec in m.explainers:
             try:
                 maps = calls.explain(explainer, espec.needs_grad, m.model, pixels, queries, output, self.device, self.cfg.precision)
@@ -450,7 +453,8 @@ class Runner:
         saved: dict[str, Any] = {}
         geometries: dict[str, Any] = {}
         # one finiteness check and one grounding call for the whole batch (one sync on a device)
-        finite = torch.isfinite(maps).flatten(2).all(2).cpu().numpy() if maps is not None and findings else None
+        finite = (torch.isfinite(maps).flatten(2).all(2).cpu().numpy() if maps is not None and findings
+                  else np.zeros((len(items), 0), bool))
         item_rows: list[dict[str, dict[str, Any]]] = []
         grounded: list[tuple[int, int, str]] = []  # (b, j, finding) of the maps to ground
         for b, it in enumerate(items):

@@ -9,10 +9,14 @@ transfer syntaxes decode through pydicom's pixel handlers (Pillow, pylibjpeg). P
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ImageReadError
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ""}
 
@@ -81,7 +85,7 @@ def read_dicom(path: Path, *, voi_lut: bool = True) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _exact_float32(raw: np.ndarray, ds: object) -> np.ndarray | None:
+def _exact_float32(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
     """The modality values (after the modality LUT or rescale) in an array float32 holds exactly:
     the 8- or 16-bit integers themselves, or float32 after an integral rescale (|values| < 2**24).
     None otherwise (fractional slopes, colour, 32-bit data): those go through float64."""
@@ -89,13 +93,13 @@ def _exact_float32(raw: np.ndarray, ds: object) -> np.ndarray | None:
 
     if raw.dtype.kind not in "iu" or raw.dtype.itemsize > 2:
         return None
-    if ds.get("ModalityLUTSequence"):  # type: ignore[attr-defined]
+    if ds.get("ModalityLUTSequence"):
         modality = apply_modality_lut(raw, ds)  # integer LUT entries
         return modality if modality.dtype.kind in "iu" and modality.dtype.itemsize <= 2 else None
-    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:  # type: ignore[operator]
+    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
         return raw
     try:
-        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)  # type: ignore[attr-defined]
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
     except (TypeError, ValueError):
         return None
     if not (slope.is_integer() and intercept.is_integer()) or 65535 * abs(slope) + abs(intercept) >= 2**24:
@@ -108,12 +112,12 @@ def _exact_float32(raw: np.ndarray, ds: object) -> np.ndarray | None:
     return arr
 
 
-def _scale_float32(values: np.ndarray, lo: float, hi: float, ds: object) -> np.ndarray:
+def _scale_float32(values: np.ndarray, lo: float, hi: float, ds: Dataset) -> np.ndarray:
     """`read_dicom`'s scaling to [0, 1] without a VOI transform, in float32, for values and ends
     float32 holds exactly: the differences from the ends are exact and one correctly rounded float32
     division equals the float64 result rounded (tests/test_images.py compares them bit for bit).
     The values lie in [lo, hi] (`_value_range`), so the quotients lie in [0, 1]: no clipping."""
-    inverted = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1"  # type: ignore[attr-defined]
+    inverted = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1"
     if not hi > lo:
         return np.full(values.shape, 1.0 if inverted else 0.0, np.float32)
     out = values.astype(np.float32, copy=False)  # new unless rescaled (the cost: touching its pages)
@@ -125,7 +129,7 @@ def _scale_float32(values: np.ndarray, lo: float, hi: float, ds: object) -> np.n
     return out
 
 
-def _voi_output_range(ds: object) -> tuple[float, float] | None:
+def _voi_output_range(ds: Dataset) -> tuple[float, float] | None:
     """The output range of the VOI transform pydicom's `apply_voi_lut` applies (None: none).
 
     A window maps to its full output range (so an image whose values all lie inside the window
@@ -134,7 +138,7 @@ def _voi_output_range(ds: object) -> tuple[float, float] | None:
     """
     from pydicom.pixels import apply_windowing
 
-    seq = ds.get("VOILUTSequence")  # type: ignore[attr-defined]
+    seq = ds.get("VOILUTSequence")
     if seq and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None:
         data = seq[0].LUTData
         if isinstance(data, bytes):  # VR OW: 16-bit little-endian words
@@ -144,14 +148,14 @@ def _voi_output_range(ds: object) -> tuple[float, float] | None:
         # the entries' own range, not the descriptor's nominal depth: some files declare 16 bits
         # for 12-bit entries, which would make the image nearly black
         return float(entries.min()), float(entries.max())
-    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:  # type: ignore[attr-defined]
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
         return None
     # the window's (y_min, y_max), computed by pydicom itself on values far below and above it
-    ends = apply_windowing(np.array([-np.inf, np.inf]), ds)  # type: ignore[arg-type]
+    ends = apply_windowing(np.array([-np.inf, np.inf]), ds)
     return float(min(ends)), float(max(ends))
 
 
-def _value_range(ds: object, arr: np.ndarray) -> tuple[float, float]:
+def _value_range(ds: Dataset, arr: np.ndarray) -> tuple[float, float]:
     # Without a window: the stored bit depth (so that an image keeps its real contrast),
     # falling back to the data range.
     bits = int(getattr(ds, "BitsStored", 0) or 0)

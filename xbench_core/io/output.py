@@ -35,7 +35,7 @@ def writing(path: str | os.PathLike, *, temporary: str | os.PathLike | None = No
                 Path(temporary).unlink()
         code = getattr(exc, "errno", None)
         text = str(exc)
-        reason = _REASONS.get(code) or ("no space left on device" if "No space left" in text
+        reason = (_REASONS.get(code) if isinstance(code, int) else None) or ("no space left on device" if "No space left" in text
                                         else f"{type(exc).__name__}: {text}")
         raise XBenchError(f"cannot write {path}: {reason}; {advice}") from exc
 

@@ -62,7 +62,7 @@ def collect(
     split_of = split_of or (lambda r: r.get("split"))
     pg_key = "pointing_game" if pointing == "share" else f"pointing_{pointing}"
     cls: dict[tuple, list[tuple[int, float, str]]] = defaultdict(list)
-    grd: dict[tuple, list[tuple[np.ndarray, np.ndarray, tuple, str]]] = defaultdict(list)
+    grd: dict[tuple, list[tuple[np.ndarray, np.ndarray, tuple, str, dict[str, Any]]]] = defaultdict(list)
     extra: dict[GroupKey, dict[str, Any]] = defaultdict(
         lambda: {"errors": [], "images": set(), "pairs": defaultdict(dict), "constant": defaultdict(int)}
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from collections.abc import Set
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -138,7 +139,7 @@ def pin(component: str, key: str, value: dict[str, Any]) -> str:
     )
 
 
-def resolve_pinned(entry: dict[str, Any], overridden: set[str] = frozenset()) -> dict[str, Any]:
+def resolve_pinned(entry: dict[str, Any], overridden: Set[str] = frozenset()) -> dict[str, Any]:
     """A component entry with its pinned options resolved to local paths; the keys in
     `overridden` (given with --set) are left for the user's value."""
     name = entry.get("name", "?")
@@ -153,5 +154,5 @@ def resolve_all(data: dict[str, Any], sets: dict[str, dict[str, Any]]) -> dict[s
     out = dict(data)
     for kind in ("datasets", "models"):
         if kind in out:
-            out[kind] = [resolve_pinned(e, set(sets.get(e.get("name"), {}))) for e in _entries(out[kind])]
+            out[kind] = [resolve_pinned(e, set(sets.get(e.get("name", ""), {}))) for e in _entries(out[kind])]
     return out

@@ -249,8 +249,7 @@ def compare(results: dict[str, Any], published: dict[str, Any]) -> dict[str, Any
     cells, missing = [], 0
     for c in published["cells"]:
         r = rows.get((c["dataset"], c.get("finding", MEAN), c["model"]))
-        ours = _pct(r.get(c["metric"])) if r else None
-        if ours is None:
+        if r is None or (ours := _pct(r.get(c["metric"]))) is None:
             missing += 1
             continue
         ci = _pct_ci(r.get(f"{c['metric']}_ci"))
