@@ -139,6 +139,13 @@ def test_bad_rows(tmp_path):
         build(root=str(tmp_path / "missing"))
     with pytest.raises(DataError, match="BBox_List_2017.csv"):
         build(root=str(tmp_path))
+    # a folder of that name (an archive unpacked under the file's name) is not the box list
+    (tmp_path / "BBox_List_2017.csv").mkdir()
+    with pytest.raises(
+        DataError, match=r"(?s)BBox_List_2017\.csv not found: .* not a file.*Expected layout"
+    ):
+        build(root=str(tmp_path))
+    (tmp_path / "BBox_List_2017.csv").rmdir()
     (tmp_path / "BBox_List_2017.csv").write_text(
         BBOX_HEADER
         + "00000001_000.png,Hernia,1,2,3,4\n"

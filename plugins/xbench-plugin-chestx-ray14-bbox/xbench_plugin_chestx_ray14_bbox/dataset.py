@@ -77,14 +77,15 @@ class ChestXray14BBox(Dataset):
         self.findings = FINDINGS
         self.problems: list[Problem] = []
         self.root = require_file(Path(root).expanduser(), "chestx-ray14-bbox root folder", LAYOUT)
-        self.bbox_file = self._given(bbox_file, "bbox_file") or _first(
-            self.root, ["BBox_List_2017.csv"]
-        )
-        if self.bbox_file is None:
-            require_file(
-                self.root / "BBox_List_2017.csv", "NIH box list BBox_List_2017.csv", LAYOUT
+        bbox = self._given(bbox_file, "bbox_file") or _first(self.root, ["BBox_List_2017.csv"])
+        if bbox is None:  # not a file: missing, or a folder of that name
+            raise DataError(
+                f"NIH box list BBox_List_2017.csv not found: {self.root / 'BBox_List_2017.csv'} "
+                f"is missing or not a file; pass bbox_file=PATH if it is elsewhere"
+                f"\nExpected layout:\n{LAYOUT}"
             )
-        images = self._read_boxes(self.bbox_file)  # type: ignore[arg-type]
+        self.bbox_file = bbox
+        images = self._read_boxes(self.bbox_file)
 
         entry = self._given(data_entry, "data_entry") or _first(
             self.root, ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"]
