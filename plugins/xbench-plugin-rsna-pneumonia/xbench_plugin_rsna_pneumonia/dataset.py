@@ -258,6 +258,6 @@ class RSNAPneumonia(LabelTableDataset):
                     patient = dicom_header(path).patient_id
                 except ImageReadError:  # unreadable files are reported when they are opened
                     continue
-                if patient in known:
+                if patient is not None and patient in known:
                     self._by_header.setdefault(patient, path)
         return self._by_header

@@ -60,7 +60,7 @@ def parse_labels(path: Path) -> Labels:
     row_ids: list[str] = []
     row_targets: list[int] = []
     box_rows: list[int] = []  # index into row_ids of each kept box
-    box_values: list[tuple[float, float, float, float]] = []
+    box_values: list[list[float]] = []  # clip_box's [x1, y1, x2, y2]
     height, width = SIZE
     rows = 0
     with open_text(path) as (stream, where):
@@ -216,9 +216,8 @@ def parse_headers(path: Path, ids: np.ndarray, problems: list[Problem]) -> Heade
                 f"{where}: not a DICOM-headers CSV (needs PatientID or Filename and ViewPosition "
                 f"columns; found {header})"
             )
-        iv, ia, isx, isp = (
-            cols.get(c) for c in ("viewposition", "patientage", "patientsex", "pixelspacing")
-        )
+        iv = cols["viewposition"]
+        ia, isx, isp = (cols.get(c) for c in ("patientage", "patientsex", "pixelspacing"))
         need = max(i for i in (key, iv, ia, isx, isp) if i is not None) + 1
         for row in reader:
             if len(row) < need:
