@@ -226,11 +226,12 @@ class VinDrCXR(Dataset):
             reader = csv.reader(fh)
             header = next(reader, [])
             rows = list(reader)
-        i_id = _column(header, "image_id")
-        i_cls = _column(header, "class_name")
+        low = [h.strip().lower() for h in header]  # _format_of has checked these six are there
+        i_id, i_cls, ix1, iy1, ix2, iy2 = (
+            low.index(c) for c in ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max")
+        )
         i_cid = _column(header, "class_id")
         i_rad = _column(header, "rad_id")
-        ix1, iy1, ix2, iy2 = (_column(header, c) for c in ("x_min", "y_min", "x_max", "y_max"))
         width = max(i for i in (i_id, i_cls, i_cid, i_rad, ix1, iy1, ix2, iy2) if i is not None) + 1
         kaggle_ids = {name: str(k) for k, name in enumerate(KAGGLE_CLASSES)}
         valid_ids = {(n, k) for n, k in kaggle_ids.items()} | {
@@ -276,7 +277,7 @@ class VinDrCXR(Dataset):
                     line,
                     image_id,
                 )
-            a, b, c, d = row[ix1], row[iy1], row[ix2], row[iy2]  # type: ignore[index]
+            a, b, c, d = row[ix1], row[iy1], row[ix2], row[iy2]
             box: tuple[float, float, float, float] | None = None
             if a or b or c or d:
                 try:
@@ -557,6 +558,7 @@ class VinDrCXR(Dataset):
 
     def fit_regions(self, sample: Sample) -> Sample:
         """If the regions were built without the image's real size, rebuild them at it."""
+        assert sample.image is not None  # called on a decoded sample (Dataset.__getitem__)
         size = (int(sample.image.shape[0]), int(sample.image.shape[1]))
         if sample.meta.get("size") != size:
             index = self._position[sample.id]
