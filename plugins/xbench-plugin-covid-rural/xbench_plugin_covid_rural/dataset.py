@@ -269,6 +269,7 @@ class CovidRural(Dataset):
     def fit_regions(self, sample: Sample) -> Sample:
         """If the JSON had no usable size or a different one than the image, rebuild the regions
         at the image's size (polygons are in pixel units)."""
+        assert sample.image is not None  # called on a decoded sample (Dataset.__getitem__)
         size = (int(sample.image.shape[0]), int(sample.image.shape[1]))
         if sample.meta.get("size") != size:
             entry = next(e for e in self._entries if e.stem == sample.id)
