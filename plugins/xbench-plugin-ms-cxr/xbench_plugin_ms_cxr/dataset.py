@@ -103,7 +103,7 @@ class MSCXR(Dataset):
 
     # -- reading ----------------------------------------------------------------------------------
     def _read_csv(self) -> list[tuple[int | None, dict[str, str]]]:
-        out = []
+        out: list[tuple[int | None, dict[str, str]]] = []
         with open_text(self.file) as (fh, _):
             reader = csv.DictReader(fh)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
@@ -121,7 +121,7 @@ class MSCXR(Dataset):
         try:
             categories = {c["id"]: c["name"] for c in data["categories"]}
             images = {im["id"]: im for im in data["images"]}
-            out = []
+            out: list[tuple[int | None, dict[str, str]]] = []
             for ann in data["annotations"]:
                 image = images[ann["image_id"]]
                 path = str(image.get("path") or image["file_name"])
