@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,7 +188,7 @@ class PromptPairMixin:
             if negative_templates
             else check_templates([negative_template], f"{name}.negative_template")
         )
-        self.queries = dict(PROMPT_PHRASES)
+        self.queries: Mapping[str, Any] = dict(PROMPT_PHRASES)
 
     # ---- what the plugin provides ------------------------------------------------------------
     def _image(self, pixels: Any, dense: bool) -> tuple[Any, Any]:

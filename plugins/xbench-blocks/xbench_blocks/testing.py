@@ -73,7 +73,8 @@ class EntityQueryModelTests(ModelPluginTests):
 
     def test_feature_layer_is_layer3_and_carries_gradients(self, model: Any) -> None:
         layer = model.feature_layer()
-        captured, gradient = {}, {}
+        captured: dict[str, Any] = {}
+        gradient: dict[str, Any] = {}
         handle = layer.module.register_forward_hook(
             lambda module, args, output: captured.setdefault("grid", layer.to_grid(output))
         )

@@ -20,7 +20,7 @@ from xbench_core import FINDINGS
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # BERT-base (the `bert-base-*` config.json): the shape of most released text towers, which differ
 # in their vocabularies; `write_bert_folder(folder, vocab_size=N, **BERT_BASE)` is a full-size one.
-BERT_BASE: dict[str, int] = {
+BERT_BASE: dict[str, Any] = {
     "hidden_size": 768,
     "num_hidden_layers": 12,
     "num_attention_heads": 12,

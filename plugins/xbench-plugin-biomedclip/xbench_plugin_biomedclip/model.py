@@ -63,7 +63,8 @@ class BiomedCLIP(PromptPairMixin, Model):
                 f"biomedclip: image trunk {type(trunk).__name__} is not a timm ViT; this plugin "
                 "supports BiomedCLIP's ViT-B/16 tower"
             )
-        self.grid = tuple(int(g) for g in trunk.patch_embed.grid_size)
+        gh, gw = trunk.patch_embed.grid_size
+        self.grid = (int(gh), int(gw))
         size = module.visual.image_size
         if size[0] != size[1]:
             raise ConfigError(f"biomedclip: non-square input size {size} is not supported")

@@ -275,7 +275,7 @@ class BioViL(Model):
             )
         geometry = Geometry.shortest_side_crop(array.shape, RESIZE, self.crop)
         rh, rw = _resized_size(array.shape)
-        resized = Image.fromarray(remap_to_uint8(array), mode="L").resize((rw, rh), Image.BILINEAR)
+        resized = Image.fromarray(remap_to_uint8(array), mode="L").resize((rw, rh), Image.Resampling.BILINEAR)
         top, left = int(-geometry.offset[0]), int(-geometry.offset[1])
         levels = np.asarray(resized)[top : top + self.crop, left : left + self.crop]
         pixels = torch.from_numpy(np.ascontiguousarray(levels)).to(torch.float32).div(255)

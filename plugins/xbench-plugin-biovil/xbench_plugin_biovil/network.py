@@ -21,6 +21,7 @@ Followed: microsoft/hi-ml (b67c1d2), hi-ml-multimodal/src/health_multimodal/
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def resnet50_trunk() -> nn.Module:
     return ResNet(block=Bottleneck, layers=[3, 4, 6, 3])
 
 
-def resnet_patches(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def resnet_patches(trunk: Any, x: torch.Tensor) -> torch.Tensor:
     """ResNetHIML.forward: the layer4 output [B, 2048, H/32, W/32]."""
     x = trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(x))))
     return trunk.layer4(trunk.layer3(trunk.layer2(trunk.layer1(x))))
@@ -165,7 +166,7 @@ class ProjectionHead(nn.Module):
 class TextModel(nn.Module):
     """CXR-BERT: `bert` (no pooler) and `cls_projection_head`, keys as in the released weights."""
 
-    def __init__(self, bert: nn.Module, projection_size: int) -> None:
+    def __init__(self, bert: Any, projection_size: int) -> None:  # a transformers BertModel
         super().__init__()
         self.bert = bert
         self.cls_projection_head = ProjectionHead(bert.config.hidden_size, projection_size)
@@ -229,7 +230,7 @@ def initialize(network: BioViLNetwork) -> None:
                     nn.init.zeros_(module.bias)
     # torchvision's ResNet sets its BatchNorm to the identity and the statistics to 0 / 1; give the
     # projector's BatchNorm statistics that move something, so that a test notices a lost load.
-    bn = network.image.projector.model[1]
+    bn: Any = network.image.projector.model[1]
     with torch.no_grad():
         bn.running_mean.normal_(0.0, 0.1)
         bn.running_var.uniform_(0.5, 1.5)

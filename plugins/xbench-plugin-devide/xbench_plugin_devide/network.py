@@ -13,6 +13,8 @@ DeViDe's `projection` layer after `mlp_head`) are `xbench_blocks.knowledge`'s `P
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,8 +30,9 @@ VIT_MLP = 3072
 VIT_EPS = 1e-12
 
 
-def _container(**children: nn.Module) -> nn.Module:
-    """A module that only names its children (to keep a checkpoint's key layout)."""
+def _container(**children: nn.Module) -> Any:
+    """A module that only names its children (to keep a checkpoint's key layout); typed Any, as
+    its attributes are set at run time."""
     module = nn.Module()
     for name, child in children.items():
         module.add_module(name, child)
@@ -91,7 +94,8 @@ class ViT(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.embeddings.cls_token, std=0.02)
         nn.init.trunc_normal_(self.embeddings.position_embeddings, std=0.02)
 

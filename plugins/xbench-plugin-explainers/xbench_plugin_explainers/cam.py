@@ -150,10 +150,10 @@ def cam_maps(model: Model, pixels: Any, queries: Any, weigh: Weigh) -> Any:
             n = logits.shape[1]
             maps = []
             for f in range(n):
-                grads = torch.autograd.grad(
+                found = torch.autograd.grad(
                     logits[:, f].float().sum(), targets, retain_graph=f < n - 1, allow_unused=True
                 )
-                grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
+                grads = [torch.zeros_like(t) if g is None else g for g, t in zip(found, targets)]
                 gradients = _grid(layer.to_grid, _like(raw, grads), batch)
                 weights = weigh(activations, gradients)
                 cam = (weights[:, :, None, None] * activations).sum(dim=1)

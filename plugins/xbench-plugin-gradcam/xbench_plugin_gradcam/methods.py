@@ -200,11 +200,10 @@ class CAMExplainer(Explainer):
         return torch.from_numpy(maps).to(pixels.device)
 
     def _chunk(self, cam: Any, x: Any, n: int) -> np.ndarray:
-        if self.class_agnostic:
-            one = self._one(cam, x, 0, n) if n else None
-            return np.stack([one] * n, axis=1) if n else np.zeros((len(x), 0, 1, 1), np.float32)
         if not n:
             return np.zeros((len(x), 0, 1, 1), np.float32)
+        if self.class_agnostic:
+            return np.stack([self._one(cam, x, 0, n)] * n, axis=1)
         return np.stack([self._one(cam, x, f, n) for f in range(n)], axis=1).astype(np.float32)
 
 

@@ -24,6 +24,7 @@ full instead (same scores and maps; tests).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,7 +198,7 @@ class LVLM(Model):
             )
         return int(ids[len(head)])
 
-    def encode_queries(self, findings: list[str]) -> Queries:
+    def encode_queries(self, findings: Sequence[str]) -> Queries:
         import torch
         from PIL import Image
 
@@ -286,8 +287,10 @@ class LVLM(Model):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         if self.family == "qwen2_5_vl":
+            # Qwen2.5-VL splits its own vision output per image and concatenates the tuple back
+            # (`torch.cat(...pooler_output)`), though the field is typed as one tensor
             flat = (feats.reshape(-1, feats.shape[-1]),)
-            return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=flat)}}
+            return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=flat)}}  # type: ignore[arg-type]
         return {
             "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=feats)},
             "token_type_ids": (ids == self.image_token_id).long(),  # Gemma: image tokens see each other

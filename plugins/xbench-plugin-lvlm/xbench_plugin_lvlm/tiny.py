@@ -91,7 +91,8 @@ def _qwen(folder: Path) -> None:
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
     )
-    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    vocab = tok.get_vocab()  # special tokens included; a missing one is a KeyError, not the unknown id
+    ids = {t: vocab[t] for t in QWEN_SPECIAL}
     image = Qwen2VLImageProcessor(
         size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280},
         patch_size=14, merge_size=2, temporal_patch_size=2,
@@ -132,7 +133,8 @@ def _gemma(folder: Path, image_size: int) -> None:
             "image_token": "<image_soft_token>",
         },
     )  # fmt: skip
-    ids = {t: tok.convert_tokens_to_ids(t) for t in GEMMA_SPECIAL}
+    vocab = tok.get_vocab()
+    ids = {t: vocab[t] for t in GEMMA_SPECIAL}
     tokens_per_image = 16  # a 4 x 4 grid of pooled tokens (the released models: 16 x 16)
     image = Gemma3ImageProcessor(
         size={"height": image_size, "width": image_size}, resample=2,

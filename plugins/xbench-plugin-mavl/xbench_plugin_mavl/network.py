@@ -74,6 +74,8 @@ class MAVLNetwork(nn.Module):
     """ResNet-50 to layer3, 1x1-conv projection, 9 concept queries per entity, 4-layer decoder
     with self-attention over all of them, classifier on each entity's 9 outputs concatenated."""
 
+    concept_book: Tensor  # a buffer, [E * 9, TEXT_DIM]
+
     def __init__(self) -> None:
         super().__init__()
         import torchvision

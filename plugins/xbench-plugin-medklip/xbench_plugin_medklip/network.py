@@ -25,6 +25,8 @@ RES_DIM = 1024  # ResNet-50 layer3 channels: resnet.fc.in_features / 2
 class MedKLIPNetwork(nn.Module):
     """ResNet-50 to layer3, per-token projection, entity queries, 4-layer decoder, classifier."""
 
+    entity_book: Tensor  # a buffer, [E, TEXT_DIM]
+
     def __init__(self) -> None:
         super().__init__()
         import torchvision
