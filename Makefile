@@ -26,8 +26,8 @@ $(STAMP): $(PY) pyproject.toml $(wildcard plugins/*/pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check xbench_core tests plugins benchmarks
 
-typecheck: $(STAMP)
-	$(PY) -m mypy xbench_core
+typecheck: $(STAMP)  ## mypy on the core, every plugin and xbench-blocks
+	$(PY) -m mypy xbench_core $(filter-out %.egg-info,$(wildcard plugins/*/xbench_plugin_* plugins/*/xbench_blocks))
 
 packages:  ## CI: build every wheel and sdist, twine check, non-editable install in fresh venvs, the core alone
 	.ci/packages
