@@ -164,6 +164,20 @@ def test_image_root_and_paths_that_leave_it(release: Path, tmp_path: Path) -> No
         build(tmp_path / "x")
 
 
+def test_a_folder_named_like_the_release_is_not_read(release: Path, tmp_path: Path) -> None:
+    """The newest release file is taken; a folder with a newer release's name is passed over, and
+    alone it is reported like a missing file."""
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(release, root)
+    (root / "MS_CXR_Local_Alignment_v9.9.9.csv").mkdir()
+    assert build(root).file.name == "MS_CXR_Local_Alignment_v1.1.0.csv"
+    (root / "MS_CXR_Local_Alignment_v1.1.0.csv").unlink()
+    with pytest.raises(DataError, match="MS-CXR annotation file not found"):
+        build(root)
+
+
 def test_inspect_counts(release: Path) -> None:
     report = inspect_dataset(build(release))
     assert report["images"] == 4 and report["images_with_region"] == 4

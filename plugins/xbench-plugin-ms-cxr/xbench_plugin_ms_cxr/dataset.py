@@ -35,6 +35,11 @@ CATEGORY_NAMES = {finding: name for name, finding in CATEGORIES.items()}  # find
 COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
 
 
+def _files(root: Path, pattern: str) -> list[Path]:
+    """The files (not folders) of `root` matching `pattern`, by name."""
+    return sorted(p for p in root.glob(pattern) if p.is_file())
+
+
 @dataclass
 class _Pair:
     """One (image, category, sentence) of the release and its boxes."""
@@ -68,8 +73,8 @@ class MSCXR(Dataset):
         if annotations:
             self.file = require_file(under_root(self.root, annotations), "ms-cxr.annotations", LAYOUT)
         else:
-            found = sorted(self.root.glob("MS_CXR_Local_Alignment_v*.csv")) or sorted(
-                self.root.glob("MS_CXR_Local_Alignment_v*.json")
+            found = _files(self.root, "MS_CXR_Local_Alignment_v*.csv") or _files(
+                self.root, "MS_CXR_Local_Alignment_v*.json"
             )
             if not found:
                 require_file(self.root / "MS_CXR_Local_Alignment_v1.1.0.csv", "MS-CXR annotation file", LAYOUT)
