@@ -393,3 +393,19 @@ def test_importing_the_core_reads_no_dicom_library():
     code = "import sys, xbench_core; print('pydicom' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_require_file_takes_only_the_kind_asked_for(tmp_path: Path) -> None:
+    """A folder where a file belongs (an archive unpacked under the file's name) is not taken for
+    it, nor a file for a folder; both name the path and show the layout."""
+    from xbench_core.dataset import require_file
+
+    (tmp_path / "labels.csv").write_text("id\n")
+    (tmp_path / "boxes.csv").mkdir()
+    assert require_file(tmp_path / "labels.csv", "label file", "LAYOUT") == tmp_path / "labels.csv"
+    assert require_file(tmp_path, "root folder", "LAYOUT", folder=True) == tmp_path
+    for path, folder, state in [(tmp_path / "gone.csv", False, "not found"),
+                                (tmp_path / "boxes.csv", False, "is not a file"),
+                                (tmp_path / "labels.csv", True, "is not a folder")]:
+        with pytest.raises(DataError, match=rf"(?s)^thing {state}: {path}\nExpected layout:\nLAYOUT$"):
+            require_file(path, "thing", "LAYOUT", folder=folder)

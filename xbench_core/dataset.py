@@ -87,8 +87,11 @@ class Dataset:
         return [self.annotation(i).id for i in range(len(self))]
 
 
-def require_file(path: Path, what: str, layout: str) -> Path:
-    """Return `path` if it exists, else raise a DataError that shows the expected layout."""
-    if not path.exists():
-        raise DataError(f"{what} not found: {path}\nExpected layout:\n{layout}")
-    return path
+def require_file(path: Path, what: str, layout: str, *, folder: bool = False) -> Path:
+    """Return `path` if it is a file (a folder with `folder=True`), else raise a DataError that
+    shows the expected layout (a folder where a file belongs, e.g. an archive unpacked under the
+    file's name, is not taken for it)."""
+    if path.is_dir() if folder else path.is_file():
+        return path
+    state = f"is not a {'folder' if folder else 'file'}" if path.exists() else "not found"
+    raise DataError(f"{what} {state}: {path}\nExpected layout:\n{layout}")

@@ -478,11 +478,12 @@ class Runner:
             item_rows.append(rows)
         if grounded:
             bs, js = (torch.tensor(v, device=maps.device) for v in zip(*[(b, j) for b, j, _ in grounded]))
-            stats = evaluate_batch(maps[bs, js], [items[b]["geometry"][m.name] for b, _, _ in grounded],
+            picked = maps[bs, js]  # the maps to ground, [len(grounded), gh, gw]
+            stats = evaluate_batch(picked, [items[b]["geometry"][m.name] for b, _, _ in grounded],
                                    [items[b]["eval_size"] for b, _, _ in grounded],
                                    [items[b]["masks"][f] for b, _, f in grounded])
             # another protocol's values are computed on the host: one copy of the batch's maps
-            host = maps[bs, js].detach().float().cpu().numpy() if self.cfg.protocol.name != "xbench" else None
+            host = picked.detach().float().cpu().numpy() if self.cfg.protocol.name != "xbench" else None
             for k, ((b, _, f), st) in enumerate(zip(grounded, stats)):
                 it, row = items[b], item_rows[b][f]
                 if st["region_px"] == 0:

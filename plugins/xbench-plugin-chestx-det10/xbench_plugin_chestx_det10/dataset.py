@@ -74,7 +74,7 @@ class ChestXDet10(Dataset):
         self.regions_kind = regions
         self.box_convention = box_convention
         self.problems: list[Problem] = []
-        self.root = require_file(Path(root).expanduser(), "chestx-det10 root folder", LAYOUT)
+        self.root = require_file(Path(root).expanduser(), "chestx-det10 root folder", LAYOUT, folder=True)
         self.label_file = self._label_file(label_file)
 
         entries = self._read_json(self.label_file)

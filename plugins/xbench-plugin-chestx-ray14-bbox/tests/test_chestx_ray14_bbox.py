@@ -142,7 +142,7 @@ def test_bad_rows(tmp_path):
     # a folder of that name (an archive unpacked under the file's name) is not the box list
     (tmp_path / "BBox_List_2017.csv").mkdir()
     with pytest.raises(
-        DataError, match=r"(?s)BBox_List_2017\.csv not found: .* not a file.*Expected layout"
+        DataError, match=r"(?s)BBox_List_2017\.csv is not a file: .*Expected layout"
     ):
         build(root=str(tmp_path))
     (tmp_path / "BBox_List_2017.csv").rmdir()

@@ -76,15 +76,12 @@ class ChestXray14BBox(Dataset):
         self.split = split
         self.findings = FINDINGS
         self.problems: list[Problem] = []
-        self.root = require_file(Path(root).expanduser(), "chestx-ray14-bbox root folder", LAYOUT)
-        bbox = self._given(bbox_file, "bbox_file") or _first(self.root, ["BBox_List_2017.csv"])
-        if bbox is None:  # not a file: missing, or a folder of that name
-            raise DataError(
-                f"NIH box list BBox_List_2017.csv not found: {self.root / 'BBox_List_2017.csv'} "
-                f"is missing or not a file; pass bbox_file=PATH if it is elsewhere"
-                f"\nExpected layout:\n{LAYOUT}"
-            )
-        self.bbox_file = bbox
+        self.root = require_file(Path(root).expanduser(), "chestx-ray14-bbox root folder", LAYOUT, folder=True)
+        self.bbox_file = (
+            self._given(bbox_file, "bbox_file")
+            or _first(self.root, ["BBox_List_2017.csv"])
+            or require_file(self.root / "BBox_List_2017.csv", "NIH box list BBox_List_2017.csv", LAYOUT)
+        )
         images = self._read_boxes(self.bbox_file)
 
         entry = self._given(data_entry, "data_entry") or _first(

@@ -101,7 +101,7 @@ class CheXlocalize(Dataset):
         self.findings = FINDINGS
         self.regions_kind = regions
         self.problems: list[Problem] = []
-        self.root = require_file(Path(root).expanduser(), "chexlocalize root folder", LAYOUT)
+        self.root = require_file(Path(root).expanduser(), "chexlocalize root folder", LAYOUT, folder=True)
 
         self.labels_csv = self._find(labels_csv, LABEL_CSVS[split], f"CheXpert {split} label CSV")
         cxrs = self._read_csv(self.labels_csv)
@@ -147,13 +147,13 @@ class CheXlocalize(Dataset):
 
     def _gt_folder(self, given: str | None) -> Path:
         if given:
-            return require_file(under_root(self.root, given), "chexlocalize.gt_dir", LAYOUT)
+            return require_file(under_root(self.root, given), "chexlocalize.gt_dir", LAYOUT, folder=True)
         nested = self.root / "CheXlocalize"
         return nested if nested.is_dir() else self.root
 
     def _image_dir(self, given: str | None) -> Path:
         if given:
-            return require_file(under_root(self.root, given), "chexlocalize.image_dir", LAYOUT)
+            return require_file(under_root(self.root, given), "chexlocalize.image_dir", LAYOUT, folder=True)
         for name in IMAGE_DIRS[self.split]:
             if (self.root / name).is_dir():
                 return self.root / name

@@ -69,7 +69,7 @@ class MSCXR(Dataset):
         self.split = split
         self.findings = FINDINGS
         self.problems: list[Problem] = []
-        self.root = require_file(Path(root).expanduser(), "ms-cxr root folder", LAYOUT)
+        self.root = require_file(Path(root).expanduser(), "ms-cxr root folder", LAYOUT, folder=True)
         if annotations:
             self.file = require_file(under_root(self.root, annotations), "ms-cxr.annotations", LAYOUT)
         else:
@@ -80,7 +80,7 @@ class MSCXR(Dataset):
                 require_file(self.root / "MS_CXR_Local_Alignment_v1.1.0.csv", "MS-CXR annotation file", LAYOUT)
             self.file = found[-1]  # the newest version
         self.image_root = (
-            require_file(under_root(self.root, image_root), "ms-cxr.image_root", LAYOUT).resolve()
+            require_file(under_root(self.root, image_root), "ms-cxr.image_root", LAYOUT, folder=True).resolve()
             if image_root
             else self.root.resolve()
         )
